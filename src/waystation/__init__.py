@@ -1,0 +1,3 @@
+"""Waystation: a self-hosted IoT edge station."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""`python -m waystation` runs the CLI."""
+
+from waystation.cli import main
+
+main()

@@ -1,0 +1,156 @@
+"""`create_app(settings)`: the FastAPI app whose lifespan starts and stops every station service.
+
+Start order: migrate → bootstrap rows (default station, device types, first-run setup) → embedded
+broker (if any) → MQTT link → device runtime → background services. Each background service runs
+under a supervisor that logs and restarts it, so one failing service never takes the station down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import timedelta
+
+from fastapi import APIRouter, FastAPI
+
+from waystation import __version__
+from waystation.audit.router import router as audit_router
+from waystation.auth import service as auth_service
+from waystation.auth.router import router as auth_router
+from waystation.auth.tokens import TokenSigner, load_or_create_key
+from waystation.broker.embedded import EmbeddedBroker
+from waystation.bus import Bus
+from waystation.config import Settings
+from waystation.context import AppContext
+from waystation.db import Database, migrate
+from waystation.devices.router import router as devices_router
+from waystation.devices.runtime import DeviceRuntime
+from waystation.devices.types import seed_device_types
+from waystation.errors import install_error_handlers
+from waystation.mqtt.link import MqttLink
+from waystation.realtime.router import router as realtime_router
+from waystation.station import service as station_service
+from waystation.station.router import router as station_router
+from waystation.status.metrics import Metrics
+from waystation.status.router import probes as status_probes
+from waystation.status.router import router as status_router
+from waystation.web.pages import router as pages_router
+
+log = logging.getLogger(__name__)
+
+Announce = Callable[[str], None]
+
+
+@dataclass
+class AppOptions:
+    demo: bool = False
+    announce: Announce = print  # first-run secrets go to the console only, never to log files
+
+
+async def supervise(name: str, factory: Callable[[], Awaitable[None]], max_delay: float = 30.0) -> None:
+    """Run a long-lived service; if it crashes, log it and start it again with backoff."""
+    delay = 1.0
+    while True:
+        try:
+            await factory()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("service %s crashed; restarting in %.0fs", name, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
+async def bootstrap(ctx: AppContext, options: AppOptions) -> None:
+    """Rows every station needs, and the first-run way in."""
+    async with ctx.db.session() as session:
+        station = await station_service.ensure_default_station(session)
+        ctx.default_station_id = station.id
+        await seed_device_types(session)
+        if await auth_service.setup_needed(session):
+            if options.demo:
+                password = secrets.token_urlsafe(12)
+                await auth_service.create_user(session, "admin", password, "owner")
+                options.announce(
+                    f"Demo owner account created: username 'admin', password '{password}' (shown once)."
+                )
+            else:
+                token = await auth_service.ensure_setup_token(session)
+                options.announce(
+                    f"No users yet. Create the owner account (link works once): "
+                    f"{ctx.settings.base_url}/setup?token={token}"
+                )
+
+
+def create_app(settings: Settings, options: AppOptions | None = None) -> FastAPI:
+    options = options or AppOptions()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.ensure_data_dir()
+        await migrate(settings)
+        bus = Bus(ring_size=settings.sse_ring_size)
+        db = Database(settings, bus)
+        signer = TokenSigner(load_or_create_key(settings.data_dir),
+                             lifetime=timedelta(minutes=settings.access_token_minutes))
+        ctx = AppContext(settings=settings, db=db, bus=bus, signer=signer)
+        metrics: Metrics = app.state.metrics
+        app.state.ctx = ctx
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await bootstrap(ctx, options)
+            endpoint = settings.mqtt
+            if endpoint.embedded:
+                ctx.broker = EmbeddedBroker(endpoint.host, endpoint.port, settings.data_dir)
+                await ctx.broker.start()
+                tasks.append(asyncio.create_task(ctx.broker.run(), name="embedded-broker"))
+            ctx.mqtt = MqttLink(endpoint, client_id=f"waystation-{ctx.default_station_id}-{os.getpid()}")
+            ctx.devices = DeviceRuntime(settings, db, bus, metrics)
+            await ctx.devices.load()
+            ctx.devices.attach(ctx.mqtt)
+            ctx.mqtt.start()
+            devices = ctx.devices
+            tasks.append(asyncio.create_task(supervise("devices", devices.run), name="devices"))
+            if options.demo:
+                from waystation.simulator.demo import run_demo_fleet
+
+                tasks.append(asyncio.create_task(
+                    supervise("demo-fleet", lambda: run_demo_fleet(ctx)), name="demo-fleet"))
+            log.info("Waystation %s ready: http://%s:%d  (API docs at /api/docs, MQTT %s)", __version__,
+                     settings.http_host, settings.http_port, endpoint.display())
+            yield
+        finally:
+            for task in reversed(tasks):
+                task.cancel()
+                with suppress(asyncio.CancelledError, Exception):
+                    await task
+            if ctx.mqtt is not None:
+                await ctx.mqtt.stop()
+            if ctx.broker is not None:
+                await ctx.broker.stop()
+            await db.dispose()
+            log.info("Waystation stopped")
+
+    app = FastAPI(
+        title="Waystation",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    api = APIRouter(prefix="/api/v1")
+    for router in (auth_router, station_router, devices_router, realtime_router, status_router, audit_router):
+        api.include_router(router)
+    app.include_router(api)
+    app.include_router(status_probes)
+    app.include_router(pages_router)
+    return app

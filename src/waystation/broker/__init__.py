@@ -1,0 +1,1 @@
+"""The broker: the embedded child process the station supervises, and (later) credential sync."""

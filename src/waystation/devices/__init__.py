@@ -1,0 +1,1 @@
+"""Devices: types, CRUD, the MQTT device protocol (PROTOCOLS §2), presence and commands."""

@@ -1,0 +1,159 @@
+"""HTTP routes for device types, devices, their events and commands (PROTOCOLS §12)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
+
+from waystation.audit import service as audit
+from waystation.auth.deps import client_ip, get_ctx, require
+from waystation.auth.roles import Principal
+from waystation.context import AppContext
+from waystation.db import after_commit
+from waystation.devices import service
+from waystation.devices.runtime import DeviceRuntime
+from waystation.devices.schemas import (
+    CommandOut,
+    DeviceCreate,
+    DeviceOut,
+    DeviceTypeOut,
+    DeviceUpdate,
+    EventOut,
+)
+from waystation.devices.types import type_to_dict
+from waystation.errors import ServiceUnavailable, Unprocessable
+
+router = APIRouter(tags=["devices"])
+
+
+def runtime(ctx: AppContext) -> DeviceRuntime:
+    if ctx.devices is None:
+        raise ServiceUnavailable("The device runtime is not running.")
+    return ctx.devices
+
+
+@router.get("/device-types", response_model=dict[str, list[DeviceTypeOut]])
+async def list_device_types(
+    _: Principal = Depends(require("viewer")), ctx: AppContext = Depends(get_ctx)
+) -> dict[str, Any]:
+    async with ctx.db.session() as session:
+        return {"items": [type_to_dict(t) for t in await service.list_types(session)]}
+
+
+@router.get("/devices")
+async def list_devices(
+    status: str | None = Query(default=None, pattern="^(online|offline|unknown)$"),
+    type: str | None = Query(default=None, max_length=64),
+    station_id: str | None = Query(default=None, max_length=32),
+    limit: int = Query(default=100, ge=1, le=1000),
+    cursor: str | None = Query(default=None, max_length=200),
+    _: Principal = Depends(require("viewer")),
+    ctx: AppContext = Depends(get_ctx),
+) -> dict[str, Any]:
+    async with ctx.db.session() as session:
+        rows, next_cursor = await service.list_devices(
+            session, station_id=station_id, status=status, type_id=type, limit=limit, cursor=cursor
+        )
+        return {"items": [service.device_out(d).model_dump(mode="json") for d in rows], "next_cursor": next_cursor}
+
+
+@router.post("/devices", response_model=DeviceOut, status_code=201)
+async def create_device(
+    body: DeviceCreate, request: Request,
+    principal: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx),
+) -> DeviceOut:
+    rt = runtime(ctx)
+    async with ctx.db.session() as session:
+        device = await service.create_device(session, body, ctx.default_station_id)
+        audit.record(session, actor=principal.actor, action="device.create", target=f"device:{device.id}",
+                     summary=f"created {device.type} {device.name!r}", ip=client_ip(request),
+                     station_id=device.station_id)
+        device_id, station_id, type_id = device.id, device.station_id, device.type
+        after_commit(session, lambda: rt.device_added(device_id, station_id, type_id))
+        return service.device_out(device)
+
+
+@router.get("/devices/{device_id}", response_model=DeviceOut)
+async def get_device(
+    device_id: str, _: Principal = Depends(require("viewer")), ctx: AppContext = Depends(get_ctx)
+) -> DeviceOut:
+    async with ctx.db.session() as session:
+        return service.device_out(await service.get_device(session, device_id))
+
+
+@router.patch("/devices/{device_id}", response_model=DeviceOut)
+async def update_device(
+    device_id: str, body: DeviceUpdate, request: Request,
+    principal: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx),
+) -> DeviceOut:
+    async with ctx.db.session() as session:
+        device, changed = await service.update_device(session, device_id, body)
+        audit.record(session, actor=principal.actor, action="device.update", target=f"device:{device.id}",
+                     summary=f"changed {', '.join(changed) or 'nothing'}", ip=client_ip(request),
+                     station_id=device.station_id)
+        return service.device_out(device)
+
+
+@router.delete("/devices/{device_id}", status_code=204)
+async def delete_device(
+    device_id: str, request: Request,
+    principal: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx),
+) -> Response:
+    rt = runtime(ctx)
+    async with ctx.db.session() as session:
+        device = await service.delete_device(session, device_id)
+        audit.record(session, actor=principal.actor, action="device.delete", target=f"device:{device_id}",
+                     summary=f"deleted {device.name!r}", ip=client_ip(request), station_id=device.station_id)
+        after_commit(session, lambda: rt.device_removed(device_id))
+    return Response(status_code=204)
+
+
+@router.get("/devices/{device_id}/events")
+async def list_events(
+    device_id: str,
+    limit: int = Query(default=100, ge=1, le=1000),
+    cursor: str | None = Query(default=None, max_length=200),
+    _: Principal = Depends(require("viewer")),
+    ctx: AppContext = Depends(get_ctx),
+) -> dict[str, Any]:
+    async with ctx.db.session() as session:
+        await service.get_device(session, device_id)
+        rows, next_cursor = await service.list_events(session, device_id, limit=limit, cursor=cursor)
+        return {"items": [service.event_out(e).model_dump(mode="json") for e in rows], "next_cursor": next_cursor}
+
+
+@router.post("/devices/{device_id}/commands", response_model=CommandOut, status_code=202)
+async def send_command(
+    device_id: str, request: Request,
+    body: dict[str, Any] = Body(..., examples=[{"action": "set_brightness", "brightness": 75}]),
+    principal: Principal = Depends(require("member")), ctx: AppContext = Depends(get_ctx),
+) -> CommandOut:
+    action = body.get("action")
+    if not isinstance(action, str) or not action or len(action) > 64:
+        raise Unprocessable("'action' must be a non-empty string naming the command.")
+    params = {k: v for k, v in body.items() if k != "action"}
+    cmd = await runtime(ctx).submit_command(device_id, action, params, principal.actor, client_ip(request))
+    return service.command_out(cmd)
+
+
+@router.get("/devices/{device_id}/commands")
+async def list_commands(
+    device_id: str,
+    limit: int = Query(default=50, ge=1, le=500),
+    _: Principal = Depends(require("viewer")),
+    ctx: AppContext = Depends(get_ctx),
+) -> dict[str, Any]:
+    async with ctx.db.session() as session:
+        await service.get_device(session, device_id)
+        rows = await service.list_commands(session, device_id, limit=limit)
+        return {"items": [service.command_out(c).model_dump(mode="json") for c in rows]}
+
+
+@router.get("/devices/{device_id}/commands/{request_id}", response_model=CommandOut)
+async def get_command(
+    device_id: str, request_id: str,
+    _: Principal = Depends(require("viewer")), ctx: AppContext = Depends(get_ctx),
+) -> CommandOut:
+    async with ctx.db.session() as session:
+        return service.command_out(await service.get_command(session, device_id, request_id))

@@ -1,0 +1,69 @@
+"""Request and response bodies of the device routes (PROTOCOLS §12)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Device ids appear in MQTT topics: no '/', '+', '#', no spaces.
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class DeviceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)
+    type: str = Field(min_length=1, max_length=64)
+    name: str | None = Field(default=None, min_length=1, max_length=120)
+    zone: str | None = Field(default=None, max_length=120)
+    station_id: str | None = Field(default=None, max_length=32)
+
+
+class DeviceUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, min_length=1, max_length=120)
+    zone: str | None = Field(default=None, max_length=120)
+
+
+class DeviceOut(BaseModel):
+    id: str
+    station_id: str
+    type: str
+    name: str
+    zone: str | None
+    status: Literal["online", "offline", "unknown"]
+    last_seen: datetime | None
+    firmware_version: str | None
+    chip: str | None
+    state: dict[str, Any]
+    created_at: datetime
+
+
+class CommandOut(BaseModel):
+    request_id: str
+    device_id: str
+    action: str
+    params: dict[str, Any]
+    status: Literal["queued", "sent", "accepted", "applied", "failed", "timeout"]
+    error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    acked_at: datetime | None
+    expires_at: datetime
+
+
+class EventOut(BaseModel):
+    id: int
+    device_id: str
+    ts: datetime
+    kind: str
+    data: dict[str, Any]
+
+
+class DeviceTypeOut(BaseModel):
+    id: str
+    name: str
+    capabilities: list[str]
+    commands: dict[str, Any]
+    builtin: bool

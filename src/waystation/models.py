@@ -1,0 +1,20 @@
+"""Imports every slice's tables so `Base.metadata` is complete (Alembic and tests use it)."""
+
+from waystation.audit.models import AuditEntry
+from waystation.auth.models import RefreshToken, User
+from waystation.db import Base
+from waystation.devices.models import Command, Device, DeviceEvent, DeviceType
+from waystation.station.models import Setting, Station
+
+__all__ = [
+    "AuditEntry",
+    "Base",
+    "Command",
+    "Device",
+    "DeviceEvent",
+    "DeviceType",
+    "RefreshToken",
+    "Setting",
+    "Station",
+    "User",
+]

@@ -1,0 +1,1 @@
+"""The station's connection to its broker: one link, topic dispatch, publish."""

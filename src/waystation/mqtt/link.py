@@ -1,0 +1,235 @@
+"""The station's single MQTT connection.
+
+paho-mqtt runs its own network thread (measured about twice as fast as an asyncio wrapper here, see
+DESIGN §7) and hands received messages to the asyncio loop through a bounded inbox: when the inbox is
+full the network thread waits, so the socket stops being read and the broker holds QoS 1 messages —
+back-pressure instead of unbounded memory. paho reconnects on its own with a capped backoff; every
+(re)connect re-subscribes all filters. A broker outage never touches the HTTP API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from waystation.config import MqttEndpoint
+from waystation.mqtt.topics import Handler, MessageInfo, TopicRouter, validate_filter
+
+log = logging.getLogger(__name__)
+
+ConnectionListener = Callable[[bool], None]
+
+
+class MqttLink:
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        client_id: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive: int = 30,
+        persistent_session: bool = False,
+        manual_ack: bool = False,
+        inbox_size: int = 20_000,
+    ) -> None:
+        self.endpoint = endpoint
+        self.client_id = client_id
+        self.router = TopicRouter()
+        self._filters: dict[str, int] = {}  # filter → qos, re-subscribed on every connect
+        self._filter_refs: dict[str, int] = {}
+        self._listeners: list[ConnectionListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: deque[paho.MQTTMessage] = deque()
+        self._inbox_size = inbox_size
+        self._inbox_space = threading.Condition()
+        self._drain_scheduled = False
+        self._stopping = False
+        self.connected = False
+        self.last_error: str | None = None
+        self.connected_since: float | None = None
+        self.received = 0
+        self.handler_errors = 0
+        self.manual_ack = manual_ack
+
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=not persistent_session,
+            protocol=paho.MQTTv311,
+            manual_ack=manual_ack,
+        )
+        user = username if username is not None else endpoint.username
+        pwd = password if password is not None else endpoint.password
+        if user:
+            self._client.username_pw_set(user, pwd)
+        if endpoint.tls:
+            self._client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.max_inflight_messages_set(100)
+        self._keepalive = keepalive
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin connecting in the background; returns at once (the broker may still be down)."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=self._keepalive)
+        self._client.loop_start()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        with self._inbox_space:
+            self._inbox_space.notify_all()
+        await asyncio.to_thread(self._client.disconnect)
+        await asyncio.to_thread(self._client.loop_stop)
+        self.connected = False
+
+    async def wait_connected(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.connected:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def add_connection_listener(self, listener: ConnectionListener) -> None:
+        self._listeners.append(listener)
+
+    # --- subscriptions -----------------------------------------------------------------------
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        validate_filter(topic_filter)
+        self.router.add(topic_filter, handler)
+        self._filter_refs[topic_filter] = self._filter_refs.get(topic_filter, 0) + 1
+        if topic_filter not in self._filters:
+            self._filters[topic_filter] = qos
+            if self.connected:
+                self._client.subscribe(topic_filter, qos)
+
+    def unsubscribe(self, topic_filter: str, handler: Handler) -> None:
+        self.router.remove(topic_filter, handler)
+        refs = self._filter_refs.get(topic_filter, 0) - 1
+        if refs > 0:
+            self._filter_refs[topic_filter] = refs
+            return
+        self._filter_refs.pop(topic_filter, None)
+        if self._filters.pop(topic_filter, None) is not None and self.connected:
+            self._client.unsubscribe(topic_filter)
+
+    @property
+    def filters(self) -> list[str]:
+        return list(self._filters)
+
+    # --- publishing ----------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> bool:
+        """Queue a message for sending; False when the broker is not connected (nothing is queued)."""
+        if not self.connected:
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        return bool(info.rc == paho.MQTT_ERR_SUCCESS)
+
+    def publish_json(self, topic: str, data: Any, qos: int = 1, retain: bool = False) -> bool:
+        return self.publish(topic, orjson.dumps(data), qos=qos, retain=retain)
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a QoS>0 message received with manual acks (after its rows are committed)."""
+        if qos > 0:
+            self._client.ack(mid, qos)
+
+    @property
+    def inbox_depth(self) -> int:
+        return len(self._inbox)
+
+    # --- paho thread callbacks ------------------------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            self.last_error = f"broker refused the connection: {reason}"
+            log.warning("MQTT %s: %s", self.endpoint.display(), self.last_error)
+            return
+        if self._filters:
+            client.subscribe([(f, q) for f, q in self._filters.items()])
+        self._call_in_loop(self._set_connected, True)
+
+    def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if not self._stopping:
+            self.last_error = f"disconnected: {reason}"
+        self._call_in_loop(self._set_connected, False)
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self._inbox_space:
+            while len(self._inbox) >= self._inbox_size and not self._stopping:
+                self._inbox_space.wait(0.5)  # back-pressure: stop reading the socket
+            self._inbox.append(msg)
+            schedule = not self._drain_scheduled
+            self._drain_scheduled = True
+        if schedule:
+            self._call_in_loop(self._drain)
+
+    def _call_in_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop closing during shutdown
+            pass
+
+    # --- asyncio side -------------------------------------------------------------------------
+
+    def _set_connected(self, value: bool) -> None:
+        if value == self.connected:
+            return
+        self.connected = value
+        if value:
+            self.connected_since = time.time()
+            self.last_error = None
+            log.info("MQTT connected to %s as %s", self.endpoint.display(), self.client_id)
+        else:
+            self.connected_since = None
+            if not self._stopping:
+                log.warning("MQTT connection to %s lost; reconnecting", self.endpoint.display())
+        for listener in list(self._listeners):
+            try:
+                listener(value)
+            except Exception:
+                log.exception("MQTT connection listener failed")
+
+    def _drain(self) -> None:
+        # Take everything queued so far in one go; yield to the loop between big chunks.
+        with self._inbox_space:
+            batch = list(self._inbox)
+            self._inbox.clear()
+            self._drain_scheduled = False
+            self._inbox_space.notify_all()
+        self.received += len(batch)
+        for msg in batch:
+            try:
+                topic = msg.topic
+            except UnicodeDecodeError:
+                self.handler_errors += 1
+                continue
+            info = MessageInfo(qos=msg.qos, retain=bool(msg.retain), mid=msg.mid, dup=bool(msg.dup))
+            for handler in self.router.handlers_for(topic):
+                try:
+                    handler(topic, msg.payload, info)
+                except Exception:
+                    # A handler bug must never stop the subscription; it is logged and counted.
+                    self.handler_errors += 1
+                    log.exception("MQTT handler failed for topic %s", topic)

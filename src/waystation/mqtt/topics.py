@@ -1,0 +1,94 @@
+"""MQTT topic filters and dispatch.
+
+Exact topics live in a dict and wildcard filters in a list, so the common case (an exact topic) is one
+dict lookup and only wildcard filters are matched one by one (the Home Assistant layout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Handler = Callable[[str, bytes, "MessageInfo"], None]
+
+
+@dataclass(slots=True, frozen=True)
+class MessageInfo:
+    qos: int
+    retain: bool
+    mid: int
+    dup: bool = False
+
+
+def validate_filter(topic_filter: str) -> str:
+    """Raise ValueError unless `topic_filter` is a valid MQTT subscription filter."""
+    if not topic_filter or len(topic_filter.encode()) > 65535 or "\x00" in topic_filter:
+        raise ValueError("a topic filter must be 1-65535 bytes without NUL")
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ValueError("'#' must be a whole level and the last one")
+        if "+" in level and level != "+":
+            raise ValueError("'+' must be a whole level")
+    return topic_filter
+
+
+def is_wildcard(topic_filter: str) -> bool:
+    return "+" in topic_filter or "#" in topic_filter
+
+
+def strip_share(topic_filter: str) -> str:
+    """`$share/group/a/b` → `a/b` (what the messages' topics will match)."""
+    if topic_filter.startswith("$share/"):
+        parts = topic_filter.split("/", 2)
+        return parts[2] if len(parts) == 3 else ""
+    return topic_filter
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """MQTT matching rules, including `$`-topics not matching leading wildcards."""
+    if topic.startswith("$") and topic_filter[:1] in {"+", "#"}:
+        return False
+    f_levels = topic_filter.split("/")
+    t_levels = topic.split("/")
+    for i, f in enumerate(f_levels):
+        if f == "#":
+            return True
+        if i >= len(t_levels):
+            return False
+        if f != "+" and f != t_levels[i]:
+            return False
+    return len(f_levels) == len(t_levels)
+
+
+class TopicRouter:
+    """Maps subscription filters to handlers and dispatches incoming messages."""
+
+    def __init__(self) -> None:
+        self._exact: dict[str, list[Handler]] = {}
+        self._wild: list[tuple[str, Handler]] = []
+
+    def add(self, topic_filter: str, handler: Handler) -> None:
+        target = strip_share(validate_filter(topic_filter))
+        if is_wildcard(target):
+            self._wild.append((target, handler))
+        else:
+            self._exact.setdefault(target, []).append(handler)
+
+    def remove(self, topic_filter: str, handler: Handler) -> None:
+        target = strip_share(topic_filter)
+        if is_wildcard(target):
+            self._wild = [(f, h) for f, h in self._wild if not (f == target and h == handler)]
+        else:
+            handlers = [h for h in self._exact.get(target, []) if h != handler]
+            if handlers:
+                self._exact[target] = handlers
+            else:
+                self._exact.pop(target, None)
+
+    def handlers_for(self, topic: str) -> list[Handler]:
+        found = list(self._exact.get(topic, ()))
+        for topic_filter, handler in self._wild:
+            if matches(topic_filter, topic):
+                found.append(handler)
+        return found

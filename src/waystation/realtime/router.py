@@ -1,0 +1,80 @@
+"""SSE `GET /api/v1/events/stream` (PROTOCOLS §5).
+
+Each client is a bus subscription with its own bounded queue (drop-oldest, then a `stream.gap` event
+saying how many were missed), so a slow browser never slows the station. `Last-Event-ID` replays
+from the bus's ring buffer; a comment keep-alive goes out every 15 s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+
+from waystation.auth.deps import get_ctx, require
+from waystation.auth.roles import Principal
+from waystation.bus import Event, Gap, TypeFilter
+from waystation.context import AppContext
+
+router = APIRouter(tags=["realtime"])
+
+
+def _sse(ev: Event) -> ServerSentEvent:
+    return ServerSentEvent(data=orjson.dumps(ev.data).decode(), event=ev.type, id=str(ev.seq))
+
+
+def _parse_last_id(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return None
+
+
+@router.get("/events/stream", response_class=EventSourceResponse)
+async def event_stream(
+    request: Request,
+    types: str | None = Query(default=None, max_length=1000, description="e.g. device.*,rule.fired"),
+    last_event_id: str | None = Query(default=None, alias="last_event_id", max_length=20),
+    _: Principal = Depends(require("viewer")),
+    ctx: AppContext = Depends(get_ctx),
+) -> EventSourceResponse:
+    type_filter = TypeFilter.parse(types)
+    since = _parse_last_id(request.headers.get("last-event-id") or last_event_id)
+    # Subscribe before replaying so nothing published in between is missed.
+    sub = ctx.bus.subscribe(type_filter, maxsize=ctx.settings.sse_client_queue)
+    metrics = request.app.state.metrics
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        metrics.sse_clients.inc()
+        try:
+            replayed_up_to = 0
+            if since is not None:
+                if ctx.bus.oldest_seq and since + 1 < ctx.bus.oldest_seq:
+                    missed: dict[str, Any] = {"dropped": None, "reason": "replay buffer exceeded"}
+                    yield ServerSentEvent(data=orjson.dumps(missed).decode(), event="stream.gap")
+                for ev in ctx.bus.replay_after(since):
+                    if type_filter.matches(ev.type):
+                        replayed_up_to = ev.seq
+                        yield _sse(ev)
+            async for item in sub:
+                if isinstance(item, Gap):
+                    yield ServerSentEvent(data=orjson.dumps({"dropped": item.dropped}).decode(),
+                                          event="stream.gap")
+                    continue
+                if item.seq <= replayed_up_to:
+                    continue
+                yield _sse(item)
+        finally:
+            sub.close()
+            metrics.sse_clients.dec()
+
+    return EventSourceResponse(
+        stream(),
+        ping=int(ctx.settings.sse_keepalive_seconds) or 15,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,1 @@
+"""Stations: the default station created on first start, and station-wide settings."""

@@ -1,0 +1,1 @@
+"""Pages served to browsers (the full UI arrives with the web UI issue)."""
