@@ -107,7 +107,8 @@ def create_app(settings: Settings, options: AppOptions | None = None) -> FastAPI
             await bootstrap(ctx, options)
             endpoint = settings.mqtt
             if endpoint.embedded:
-                ctx.broker = EmbeddedBroker(endpoint.host, endpoint.port, settings.data_dir)
+                ctx.broker = EmbeddedBroker(endpoint.host, endpoint.port, settings.data_dir,
+                                            prefer=settings.embedded_broker)
                 await ctx.broker.start()
                 tasks.append(asyncio.create_task(ctx.broker.run(), name="embedded-broker"))
             ctx.mqtt = MqttLink(endpoint, client_id=f"waystation-{ctx.default_station_id}-{os.getpid()}")

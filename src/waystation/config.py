@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     http_port: int = 8080
     public_url: str | None = Field(default=None, description="Base URL people use to reach the station")
     broker_admin: BrokerAdmin = "auto"
+    embedded_broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
     cloud_url: str | None = None
     agent_token: str | None = None
     debug: bool = False

@@ -83,6 +83,9 @@ class EmbeddedBroker:
         self.broker_dir = data_dir / "broker"
         self.log_path = data_dir / "logs" / "broker.log"
         mosquitto = find_mosquitto() if prefer in {"auto", "mosquitto"} else None
+        if prefer == "mosquitto" and mosquitto is None:
+            raise BrokerStartFailed("WAYSTATION_EMBEDDED_BROKER=mosquitto but no mosquitto binary is installed "
+                                    "(apt-get install mosquitto), or use 'auto' to fall back to amqtt.")
         self.kind = "mosquitto" if mosquitto else "amqtt"
         self._mosquitto = mosquitto
         self._proc: asyncio.subprocess.Process | None = None
