@@ -60,8 +60,9 @@ class Broker:
             f"persistence_location {self.workdir}/\nmax_queued_messages 100000\n"
             f"log_dest file {self.workdir}/mosquitto.log\n{self.extra_conf}"
         )
-        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_port(self.port)
 
     def stop(self) -> None:
@@ -80,13 +81,18 @@ class Broker:
 
 
 def start_mosquitto(workdir: Path) -> Broker:
+    workdir.mkdir(parents=True, exist_ok=True)
     broker = Broker(port=free_port(), workdir=workdir)
     broker.start()
     return broker
 
 
-async def wait_for(predicate: Callable[[], Awaitable[T]] | Callable[[], T], timeout: float = 10.0,
-                   interval: float = 0.05, message: str = "condition") -> T:
+async def wait_for(
+    predicate: Callable[[], Awaitable[T]] | Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> T:
     """Poll until `predicate()` returns something truthy; return it."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -132,8 +138,10 @@ class StationHandle:
     async def owner_headers(self) -> dict[str, str]:
         """Create the owner through the first-run setup API (once) and return auth headers."""
         if "owner" not in self._tokens:
-            r = await self.client.post("/api/v1/auth/setup", json={
-                "token": self.setup_token(), "username": "owner", "password": "owner-password-1"})
+            r = await self.client.post(
+                "/api/v1/auth/setup",
+                json={"token": self.setup_token(), "username": "owner", "password": "owner-password-1"},
+            )
             assert r.status_code == 201, r.text
             self._tokens["owner"] = r.json()["access_token"]
         return {"Authorization": f"Bearer {self._tokens['owner']}"}
@@ -143,17 +151,25 @@ class StationHandle:
         if username not in self._tokens:
             owner = await self.owner_headers()
             password = f"{username}-password-1"
-            r = await self.client.post("/api/v1/users", headers=owner,
-                                       json={"username": username, "password": password, "role": role})
+            r = await self.client.post(
+                "/api/v1/users",
+                headers=owner,
+                json={"username": username, "password": password, "role": role},
+            )
             assert r.status_code == 201, r.text
-            r = await self.client.post("/api/v1/auth/login", json={"username": username, "password": password})
+            r = await self.client.post(
+                "/api/v1/auth/login", json={"username": username, "password": password}
+            )
             assert r.status_code == 200, r.text
             self._tokens[username] = r.json()["access_token"]
         return {"Authorization": f"Bearer {self._tokens[username]}"}
 
     async def create_device(self, device_id: str, type_id: str = "climate", **extra: Any) -> dict[str, Any]:
-        r = await self.client.post("/api/v1/devices", headers=await self.owner_headers(),
-                                   json={"id": device_id, "type": type_id, **extra})
+        r = await self.client.post(
+            "/api/v1/devices",
+            headers=await self.owner_headers(),
+            json={"id": device_id, "type": type_id, **extra},
+        )
         assert r.status_code == 201, r.text
         return dict(r.json())
 
@@ -183,8 +199,11 @@ async def start_station(settings: Settings, demo: bool = False) -> AsyncIterator
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
             handle = StationHandle(base_url, app, settings, announcements, client)
             if settings.mqtt.embedded is False:
-                await wait_for(lambda: handle.ctx.mqtt is not None and handle.ctx.mqtt.connected, timeout=10,
-                               message="station MQTT link")
+                await wait_for(
+                    lambda: handle.ctx.mqtt is not None and handle.ctx.mqtt.connected,
+                    timeout=10,
+                    message="station MQTT link",
+                )
             yield handle
     finally:
         server.should_exit = True
@@ -209,8 +228,9 @@ class DeviceClient:
 
     async def __aenter__(self) -> DeviceClient:
         will = aiomqtt.Will(self.topic("heartbeat"), b'{"status":"offline"}', qos=1) if self._will else None
-        self._client = aiomqtt.Client("127.0.0.1", self.port, identifier=f"test-{self.device_id}", will=will,
-                                      keepalive=5)
+        self._client = aiomqtt.Client(
+            "127.0.0.1", self.port, identifier=f"test-{self.device_id}", will=will, keepalive=5
+        )
         await self._client.__aenter__()
         await self._client.subscribe(self.topic("command"), qos=1)
         await self._client.subscribe(self.topic("handshake/ack"), qos=1)
@@ -249,7 +269,7 @@ class DeviceClient:
         assert self._client is not None
         if self._listener:
             self._listener.cancel()
-        sock = self._client._client.socket()  # noqa: SLF001 - the only way to simulate a crash
+        sock = self._client._client.socket()
         if sock is not None:
             sock.close()
         self._client = None

@@ -97,8 +97,9 @@ def create_app(settings: Settings, options: AppOptions | None = None) -> FastAPI
         await migrate(settings)
         bus = Bus(ring_size=settings.sse_ring_size)
         db = Database(settings, bus)
-        signer = TokenSigner(load_or_create_key(settings.data_dir),
-                             lifetime=timedelta(minutes=settings.access_token_minutes))
+        signer = TokenSigner(
+            load_or_create_key(settings.data_dir), lifetime=timedelta(minutes=settings.access_token_minutes)
+        )
         ctx = AppContext(settings=settings, db=db, bus=bus, signer=signer)
         metrics: Metrics = app.state.metrics
         app.state.ctx = ctx
@@ -107,8 +108,9 @@ def create_app(settings: Settings, options: AppOptions | None = None) -> FastAPI
             await bootstrap(ctx, options)
             endpoint = settings.mqtt
             if endpoint.embedded:
-                ctx.broker = EmbeddedBroker(endpoint.host, endpoint.port, settings.data_dir,
-                                            prefer=settings.embedded_broker)
+                ctx.broker = EmbeddedBroker(
+                    endpoint.host, endpoint.port, settings.data_dir, prefer=settings.embedded_broker
+                )
                 await ctx.broker.start()
                 tasks.append(asyncio.create_task(ctx.broker.run(), name="embedded-broker"))
             ctx.mqtt = MqttLink(endpoint, client_id=f"waystation-{ctx.default_station_id}-{os.getpid()}")
@@ -121,10 +123,18 @@ def create_app(settings: Settings, options: AppOptions | None = None) -> FastAPI
             if options.demo:
                 from waystation.simulator.demo import run_demo_fleet
 
-                tasks.append(asyncio.create_task(
-                    supervise("demo-fleet", lambda: run_demo_fleet(ctx)), name="demo-fleet"))
-            log.info("Waystation %s ready: http://%s:%d  (API docs at /api/docs, MQTT %s)", __version__,
-                     settings.http_host, settings.http_port, endpoint.display())
+                tasks.append(
+                    asyncio.create_task(
+                        supervise("demo-fleet", lambda: run_demo_fleet(ctx)), name="demo-fleet"
+                    )
+                )
+            log.info(
+                "Waystation %s ready: http://%s:%d  (API docs at /api/docs, MQTT %s)",
+                __version__,
+                settings.http_host,
+                settings.http_port,
+                endpoint.display(),
+            )
             yield
         finally:
             for task in reversed(tasks):

@@ -66,7 +66,11 @@ class Subscription:
         self.closed = False
 
     def wants(self, ev: Event) -> bool:
-        if self.station_ids is not None and ev.station_id is not None and ev.station_id not in self.station_ids:
+        if (
+            self.station_ids is not None
+            and ev.station_id is not None
+            and ev.station_id not in self.station_ids
+        ):
             return False
         return self.types.matches(ev.type)
 

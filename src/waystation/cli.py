@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from collections.abc import Awaitable, Callable
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
@@ -20,8 +21,12 @@ from waystation.errors import WaystationError
 
 T = TypeVar("T")
 
-app = typer.Typer(help="Waystation: a self-hosted IoT edge station.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Waystation: a self-hosted IoT edge station.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 user_app = typer.Typer(help="Manage local user accounts.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 console = Console(stderr=True)
@@ -40,8 +45,9 @@ def settings_from(config: Path | None, **overrides: object) -> Settings:
     except FileNotFoundError as exc:
         fail(str(exc))
     except ValidationError as exc:
-        problems = "; ".join(f"WAYSTATION_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-                             for e in exc.errors())
+        problems = "; ".join(
+            f"WAYSTATION_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
         fail(f"invalid settings: {problems}")
 
 
@@ -85,29 +91,42 @@ def run(
     settings = settings_from(config, debug=debug or None)
     if workers > 1:
         if settings.is_sqlite:
-            fail("--workers > 1 needs PostgreSQL: set WAYSTATION_DATABASE_URL=postgresql+asyncpg://… "
-                 "(SQLite allows one writer process).")
+            fail(
+                "--workers > 1 needs PostgreSQL: set WAYSTATION_DATABASE_URL=postgresql+asyncpg://… "
+                "(SQLite allows one writer process)."
+            )
         fail("--workers > 1 is not available in this version yet; run one process per machine.")
     settings.ensure_data_dir()
     setup_logging(settings.data_dir, debug=settings.debug)
     if not port_is_free(settings.http_host, settings.http_port):
-        fail(f"HTTP port {settings.http_port} on {settings.http_host} is already in use. "
-             f"Stop the other program or set WAYSTATION_HTTP_PORT to a free port.")
+        fail(
+            f"HTTP port {settings.http_port} on {settings.http_host} is already in use. "
+            f"Stop the other program or set WAYSTATION_HTTP_PORT to a free port."
+        )
     endpoint = settings.mqtt
     if endpoint.embedded and not port_is_free(endpoint.host, endpoint.port):
-        fail(f"MQTT port {endpoint.port} on {endpoint.host} is already in use (another broker?). "
-             f"Either stop it, or give the embedded broker a free port with "
-             f"WAYSTATION_MQTT_URL=embedded://{endpoint.host}:18830, or use that broker with "
-             f"WAYSTATION_MQTT_URL=mqtt://{endpoint.host}:{endpoint.port}.")
+        fail(
+            f"MQTT port {endpoint.port} on {endpoint.host} is already in use (another broker?). "
+            f"Either stop it, or give the embedded broker a free port with "
+            f"WAYSTATION_MQTT_URL=embedded://{endpoint.host}:18830, or use that broker with "
+            f"WAYSTATION_MQTT_URL=mqtt://{endpoint.host}:{endpoint.port}."
+        )
 
     def announce(message: str) -> None:
         console.print(f"[bold yellow]{message}[/]")
 
     application = create_app(settings, AppOptions(demo=demo, announce=announce))
-    server = uvicorn.Server(uvicorn.Config(
-        application, host=settings.http_host, port=settings.http_port, log_config=None,
-        proxy_headers=False, lifespan="on", timeout_graceful_shutdown=10,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            application,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            proxy_headers=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+    )
     server.run()
     if not server.started:
         sys.exit(3)
@@ -116,7 +135,9 @@ def run(
 @app.command()
 def simulate(
     devices: Annotated[int, typer.Option(min=1, max=20000, help="How many devices")] = 10,
-    rate: Annotated[float, typer.Option(min=0.001, max=100.0, help="State messages per second per device")] = 0.1,
+    rate: Annotated[
+        float, typer.Option(min=0.001, max=100.0, help="State messages per second per device")
+    ] = 0.1,
     heartbeat: Annotated[float, typer.Option(min=1.0, help="Seconds between heartbeats")] = 30.0,
     mqtt: Annotated[str | None, typer.Option(help="Broker URL (default: the station's)")] = None,
     station: Annotated[str | None, typer.Option(help="Station id (default: this data dir's station)")] = None,
@@ -135,6 +156,7 @@ def simulate(
     members = plan_fleet(devices, prefix=prefix, only_type=type_)
     station_id = station
     if register or station_id is None:
+
         async def _register() -> str:
             db = Database(settings)
             try:
@@ -152,14 +174,18 @@ def simulate(
         endpoint = MqttEndpoint.parse(mqtt) if mqtt else replace(settings.mqtt, embedded=False)
     except ValueError as exc:
         fail(str(exc))
-    fleet = Fleet(members, SimConfig(endpoint=endpoint, station_id=station_id, state_interval=1.0 / rate,
-                                     heartbeat_interval=heartbeat))
-    console.print(f"simulating {devices} device(s) on {endpoint.display()} for station {station_id}; Ctrl-C stops")
+    fleet = Fleet(
+        members,
+        SimConfig(
+            endpoint=endpoint, station_id=station_id, state_interval=1.0 / rate, heartbeat_interval=heartbeat
+        ),
+    )
+    console.print(
+        f"simulating {devices} device(s) on {endpoint.display()} for station {station_id}; Ctrl-C stops"
+    )
     logging.basicConfig(level=logging.WARNING)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(fleet.run())
-    except KeyboardInterrupt:
-        pass
 
 
 def _read_password(password_stdin: bool, confirm: bool = True) -> str:
@@ -175,7 +201,9 @@ def _read_password(password_stdin: bool, confirm: bool = True) -> str:
 def user_create(
     name: str,
     role: Annotated[str, typer.Option(help="owner, admin, member or viewer")] = "viewer",
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Create a local user."""
@@ -191,8 +219,13 @@ def user_create(
         try:
             async with db.session() as session:
                 user = await service.create_user(session, name, password, role)
-                audit.record(session, actor="cli", action="user.create", target=f"user:{user.id}",
-                             summary=f"created {name} as {role}")
+                audit.record(
+                    session,
+                    actor="cli",
+                    action="user.create",
+                    target=f"user:{user.id}",
+                    summary=f"created {name} as {role}",
+                )
         finally:
             await db.dispose()
 
@@ -203,7 +236,9 @@ def user_create(
 @user_app.command("passwd")
 def user_passwd(
     name: str,
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Set a user's password (ends all of that user's sessions)."""
@@ -220,8 +255,13 @@ def user_passwd(
             async with db.session() as session:
                 user = await service.get_user(session, name)
                 await service.set_password(session, user, password)
-                audit.record(session, actor="cli", action="user.passwd", target=f"user:{user.id}",
-                             summary="password changed")
+                audit.record(
+                    session,
+                    actor="cli",
+                    action="user.passwd",
+                    target=f"user:{user.id}",
+                    summary="password changed",
+                )
         finally:
             await db.dispose()
 

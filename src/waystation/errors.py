@@ -295,8 +295,9 @@ def install_error_handlers(app: FastAPI) -> None:
             "code": code,
             "instance": request.url.path,
         }
-        return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM_JSON,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            body, status_code=exc.status_code, media_type=PROBLEM_JSON, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
@@ -305,8 +306,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError | InterfaceError):
             return await _unknown(request, exc)
         log.warning("database error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-        return problem_response(DatabaseUnavailable("The database did not answer; try again shortly."),
-                                request)
+        return problem_response(
+            DatabaseUnavailable("The database did not answer; try again shortly."), request
+        )
 
     @app.exception_handler(Exception)
     async def _unknown(request: Request, exc: Exception) -> JSONResponse:

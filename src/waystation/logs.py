@@ -39,8 +39,19 @@ def setup_logging(data_dir: Path, debug: bool = False, console: bool = True) -> 
         root.addHandler(handler)
 
     # Libraries that are chatty at DEBUG and would drown our own debug log.
-    for noisy in ("aiosqlite", "asyncio", "sqlalchemy.engine", "httpcore", "httpx", "amqtt", "transitions",
-                  "passlib", "multipart", "hpack", "websockets"):
+    for noisy in (
+        "aiosqlite",
+        "asyncio",
+        "sqlalchemy.engine",
+        "httpcore",
+        "httpx",
+        "amqtt",
+        "transitions",
+        "passlib",
+        "multipart",
+        "hpack",
+        "websockets",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
@@ -48,7 +59,9 @@ def setup_logging(data_dir: Path, debug: bool = False, console: bool = True) -> 
 class RateLimitedLog:
     """Log a message at most once per key per interval (e.g. per device per minute)."""
 
-    def __init__(self, logger: logging.Logger, interval_seconds: float = 60.0, max_keys: int = 10_000) -> None:
+    def __init__(
+        self, logger: logging.Logger, interval_seconds: float = 60.0, max_keys: int = 10_000
+    ) -> None:
         self._logger = logger
         self._interval = interval_seconds
         self._last: dict[object, float] = {}

@@ -87,7 +87,9 @@ async def test_silence_longer_than_timeout_makes_device_offline(settings_factory
         async with DeviceClient(station.mqtt_port, station.station_id, "pr-2") as dev:
             await dev.publish("heartbeat", {"status": "online"})
             await wait_for(lambda: _status(station, "pr-2", "online"), message="online")
-            await wait_for(lambda: _status(station, "pr-2", "offline"), timeout=5, message="offline by silence")
+            await wait_for(
+                lambda: _status(station, "pr-2", "offline"), timeout=5, message="offline by silence"
+            )
             d = await station.device("pr-2")
             assert d["last_seen"] is not None
 
@@ -102,8 +104,11 @@ async def test_command_is_published_and_tracked_to_applied(station: StationHandl
     async with DeviceClient(station.mqtt_port, station.station_id, "cmd-1") as dev:
         await dev.publish("heartbeat", {"status": "online"})
         await wait_for(lambda: _status(station, "cmd-1", "online"), message="online")
-        r = await station.client.post("/api/v1/devices/cmd-1/commands", headers=headers,
-                                      json={"action": "set_brightness", "brightness": 75})
+        r = await station.client.post(
+            "/api/v1/devices/cmd-1/commands",
+            headers=headers,
+            json={"action": "set_brightness", "brightness": 75},
+        )
         assert r.status_code == 202, r.text
         body = r.json()
         assert body["status"] == "sent"
@@ -127,7 +132,9 @@ async def test_failed_ack_records_the_error(station: StationHandle) -> None:
     async with DeviceClient(station.mqtt_port, station.station_id, "cmd-2") as dev:
         await dev.publish("heartbeat", {"status": "online"})
         await wait_for(lambda: _status(station, "cmd-2", "online"), message="online")
-        r = await station.client.post("/api/v1/devices/cmd-2/commands", headers=headers, json={"action": "reboot"})
+        r = await station.client.post(
+            "/api/v1/devices/cmd-2/commands", headers=headers, json={"action": "reboot"}
+        )
         request_id = r.json()["request_id"]
         await wait_for(lambda: dev.messages("command"), message="command delivered")
         await dev.publish("command/ack", {"request_id": request_id, "status": "failed", "error": "busy"})
@@ -145,8 +152,9 @@ async def _command_status(station: StationHandle, device_id: str, request_id: st
 async def test_command_to_offline_device_waits_and_goes_out_when_it_returns(station: StationHandle) -> None:
     await station.create_device("cmd-3", "light")
     headers = await station.owner_headers()
-    r = await station.client.post("/api/v1/devices/cmd-3/commands", headers=headers,
-                                  json={"action": "set_power", "on": True})
+    r = await station.client.post(
+        "/api/v1/devices/cmd-3/commands", headers=headers, json={"action": "set_power", "on": True}
+    )
     assert r.status_code == 202
     assert r.json()["status"] == "queued"
     request_id = r.json()["request_id"]
@@ -166,11 +174,13 @@ async def test_unanswered_command_times_out(settings_factory) -> None:
         async with DeviceClient(station.mqtt_port, station.station_id, "cmd-4") as dev:
             await dev.publish("heartbeat", {"status": "online"})
             await wait_for(lambda: _status(station, "cmd-4", "online"), message="online")
-            r = await station.client.post("/api/v1/devices/cmd-4/commands", headers=headers,
-                                          json={"action": "reboot"})
+            r = await station.client.post(
+                "/api/v1/devices/cmd-4/commands", headers=headers, json={"action": "reboot"}
+            )
             request_id = r.json()["request_id"]
-            await wait_for(lambda: _command_status(station, "cmd-4", request_id, "timeout"), timeout=5,
-                           message="timeout")
+            await wait_for(
+                lambda: _command_status(station, "cmd-4", request_id, "timeout"), timeout=5, message="timeout"
+            )
 
 
 async def test_queued_command_expires_after_its_ttl(settings_factory) -> None:
@@ -179,10 +189,13 @@ async def test_queued_command_expires_after_its_ttl(settings_factory) -> None:
     async with start_station(settings_factory(command_ttl_seconds=0.3)) as station:
         await station.create_device("cmd-5", "light")
         headers = await station.owner_headers()
-        r = await station.client.post("/api/v1/devices/cmd-5/commands", headers=headers, json={"action": "reboot"})
+        r = await station.client.post(
+            "/api/v1/devices/cmd-5/commands", headers=headers, json={"action": "reboot"}
+        )
         request_id = r.json()["request_id"]
-        await wait_for(lambda: _command_status(station, "cmd-5", request_id, "timeout"), timeout=5,
-                       message="expired")
+        await wait_for(
+            lambda: _command_status(station, "cmd-5", request_id, "timeout"), timeout=5, message="expired"
+        )
 
 
 async def test_bad_messages_are_counted_dropped_and_never_stop_processing(station: StationHandle) -> None:

@@ -24,6 +24,7 @@ async def list_audit(
     ctx: AppContext = Depends(get_ctx),
 ) -> dict[str, Any]:
     async with ctx.db.session() as session:
-        rows, next_cursor = await service.list_entries(session, limit=limit, cursor=cursor, actor=actor,
-                                                       action=action)
+        rows, next_cursor = await service.list_entries(
+            session, limit=limit, cursor=cursor, actor=actor, action=action
+        )
         return {"items": [service.entry_to_dict(r) for r in rows], "next_cursor": next_cursor}

@@ -35,6 +35,16 @@ from waystation.errors import (
 from waystation.station.models import Setting
 
 SETUP_TOKEN_KEY = "setup_token_hash"
+
+
+class RefreshTokenReused(TokenInvalid):
+    """An already-rotated refresh token came back: treat it as stolen and end its whole family."""
+
+    def __init__(self, family_id: str) -> None:
+        super().__init__("The refresh token was already used; all sessions of this login were ended.")
+        self.family_id = family_id
+
+
 REFRESH_PREFIX = "wsr_"
 
 
@@ -115,8 +125,8 @@ async def refresh(session: AsyncSession, signer: TokenSigner, token: str, refres
     if row is None or row.revoked_at is not None or row.expires_at <= now:
         raise TokenInvalid("The refresh token is invalid, expired or revoked.")
     if row.used_at is not None:
-        await revoke_family(session, row.family_id)
-        raise TokenInvalid("The refresh token was already used; all sessions of this login were ended.")
+        # The caller revokes the family in its own transaction (this one rolls back with the error).
+        raise RefreshTokenReused(row.family_id)
     user = await session.get(User, row.user_id)
     if user is None or user.disabled:
         raise TokenInvalid("The user of this token no longer exists or is disabled.")

@@ -32,8 +32,8 @@ def port_is_free(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) != 0
 
 
-async def wait_for_port(host: str, port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
+async def wait_for_port(host: str, port: int, within: float) -> bool:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
             _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 0.5)
@@ -84,8 +84,10 @@ class EmbeddedBroker:
         self.log_path = data_dir / "logs" / "broker.log"
         mosquitto = find_mosquitto() if prefer in {"auto", "mosquitto"} else None
         if prefer == "mosquitto" and mosquitto is None:
-            raise BrokerStartFailed("WAYSTATION_EMBEDDED_BROKER=mosquitto but no mosquitto binary is installed "
-                                    "(apt-get install mosquitto), or use 'auto' to fall back to amqtt.")
+            raise BrokerStartFailed(
+                "WAYSTATION_EMBEDDED_BROKER=mosquitto but no mosquitto binary is installed "
+                "(apt-get install mosquitto), or use 'auto' to fall back to amqtt."
+            )
         self.kind = "mosquitto" if mosquitto else "amqtt"
         self._mosquitto = mosquitto
         self._proc: asyncio.subprocess.Process | None = None
@@ -118,12 +120,13 @@ class EmbeddedBroker:
             )
         finally:
             logfile.close()
-        if not await wait_for_port(self.host, self.port, timeout=15):
+        if not await wait_for_port(self.host, self.port, within=15):
             await self._kill()
             raise BrokerStartFailed(f"The embedded {self.kind} broker did not start; see {self.log_path}.")
         self.running = True
-        log.info("embedded %s broker listening on %s:%d (pid %d)", self.kind, self.host, self.port,
-                 self._proc.pid)
+        log.info(
+            "embedded %s broker listening on %s:%d (pid %d)", self.kind, self.host, self.port, self._proc.pid
+        )
 
     async def run(self) -> None:
         """Watch the child; restart it with backoff if it dies, until `stop()`."""
@@ -134,7 +137,9 @@ class EmbeddedBroker:
                 if self._stopped:
                     return
                 self.running = False
-                log.error("embedded %s broker exited with code %s; restarting in %.0fs", self.kind, code, delay)
+                log.error(
+                    "embedded %s broker exited with code %s; restarting in %.0fs", self.kind, code, delay
+                )
             await asyncio.sleep(delay)
             try:
                 await self.start()

@@ -27,8 +27,14 @@ INVALID_FIELDS = "invalid_fields"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 UNKNOWN_TOPIC = "unknown_topic"
 UNKNOWN_DEVICE = "unknown_device"
-REJECTION_REASONS = (INVALID_JSON, NOT_AN_OBJECT, INVALID_FIELDS, PAYLOAD_TOO_LARGE, UNKNOWN_TOPIC,
-                     UNKNOWN_DEVICE)
+REJECTION_REASONS = (
+    INVALID_JSON,
+    NOT_AN_OBJECT,
+    INVALID_FIELDS,
+    PAYLOAD_TOO_LARGE,
+    UNKNOWN_TOPIC,
+    UNKNOWN_DEVICE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +92,7 @@ def parse_topic(topic: str) -> DeviceTopic | None:
     return DeviceTopic(parts[1], parts[3], parts[4])
 
 
-def _str_or_none(data: dict[str, Any], key: str, max_len: int = 64) -> str | None | Rejection:
+def _str_or_none(data: dict[str, Any], key: str, max_len: int = 64) -> str | Rejection | None:
     value = data.get(key)
     if value is None:
         return None
@@ -95,7 +101,7 @@ def _str_or_none(data: dict[str, Any], key: str, max_len: int = 64) -> str | Non
     return value
 
 
-def parse_ts(value: Any) -> datetime | None | Rejection:
+def parse_ts(value: Any) -> datetime | Rejection | None:
     """ISO 8601 (`2026-11-22T10:00:00Z`) or epoch seconds / milliseconds."""
     if value is None:
         return None
@@ -144,19 +150,23 @@ def parse_message(suffix: str, data: dict[str, Any]) -> Message | Rejection:
         return StateReport(state=state, ts=ts)
     if suffix == "heartbeat":
         status = data.get("status", "online")
-        if status not in ("online", "offline"):
+        if not isinstance(status, str) or status not in ("online", "offline"):
             return Rejection(INVALID_FIELDS, "'status' must be 'online' or 'offline'")
         return Heartbeat(online=status == "online")
     if suffix == "event":
         kind = data.get("event")
-        if kind not in EVENT_KINDS:
+        if not isinstance(kind, str) or kind not in EVENT_KINDS:
             return Rejection(INVALID_FIELDS, "'event' must be 'device_event' or 'user_event'")
         payload = data.get("data", {})
         if not isinstance(payload, dict):
             return Rejection(INVALID_FIELDS, "'data' must be an object")
         return DeviceEventMsg(kind=kind, data=payload)
     if suffix == "handshake":
-        fields = [_str_or_none(data, "type"), _str_or_none(data, "firmwareVersion"), _str_or_none(data, "chip")]
+        fields = [
+            _str_or_none(data, "type"),
+            _str_or_none(data, "firmwareVersion"),
+            _str_or_none(data, "chip"),
+        ]
         for field in fields:
             if isinstance(field, Rejection):
                 return field
@@ -168,7 +178,7 @@ def parse_message(suffix: str, data: dict[str, Any]) -> Message | Rejection:
         error = data.get("error")
         if not isinstance(request_id, str) or not 0 < len(request_id) <= 40:
             return Rejection(INVALID_FIELDS, "'request_id' must be a string of 1-40 characters")
-        if status not in ACK_STATUSES:
+        if not isinstance(status, str) or status not in ACK_STATUSES:
             return Rejection(INVALID_FIELDS, "'status' must be accepted, applied or failed")
         if error is not None and not isinstance(error, str):
             return Rejection(INVALID_FIELDS, "'error' must be a string")

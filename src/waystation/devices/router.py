@@ -19,7 +19,6 @@ from waystation.devices.schemas import (
     DeviceOut,
     DeviceTypeOut,
     DeviceUpdate,
-    EventOut,
 )
 from waystation.devices.types import type_to_dict
 from waystation.errors import ServiceUnavailable, Unprocessable
@@ -55,20 +54,31 @@ async def list_devices(
         rows, next_cursor = await service.list_devices(
             session, station_id=station_id, status=status, type_id=type, limit=limit, cursor=cursor
         )
-        return {"items": [service.device_out(d).model_dump(mode="json") for d in rows], "next_cursor": next_cursor}
+        return {
+            "items": [service.device_out(d).model_dump(mode="json") for d in rows],
+            "next_cursor": next_cursor,
+        }
 
 
 @router.post("/devices", response_model=DeviceOut, status_code=201)
 async def create_device(
-    body: DeviceCreate, request: Request,
-    principal: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx),
+    body: DeviceCreate,
+    request: Request,
+    principal: Principal = Depends(require("admin")),
+    ctx: AppContext = Depends(get_ctx),
 ) -> DeviceOut:
     rt = runtime(ctx)
     async with ctx.db.session() as session:
         device = await service.create_device(session, body, ctx.default_station_id)
-        audit.record(session, actor=principal.actor, action="device.create", target=f"device:{device.id}",
-                     summary=f"created {device.type} {device.name!r}", ip=client_ip(request),
-                     station_id=device.station_id)
+        audit.record(
+            session,
+            actor=principal.actor,
+            action="device.create",
+            target=f"device:{device.id}",
+            summary=f"created {device.type} {device.name!r}",
+            ip=client_ip(request),
+            station_id=device.station_id,
+        )
         device_id, station_id, type_id = device.id, device.station_id, device.type
         after_commit(session, lambda: rt.device_added(device_id, station_id, type_id))
         return service.device_out(device)
@@ -84,27 +94,45 @@ async def get_device(
 
 @router.patch("/devices/{device_id}", response_model=DeviceOut)
 async def update_device(
-    device_id: str, body: DeviceUpdate, request: Request,
-    principal: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx),
+    device_id: str,
+    body: DeviceUpdate,
+    request: Request,
+    principal: Principal = Depends(require("admin")),
+    ctx: AppContext = Depends(get_ctx),
 ) -> DeviceOut:
     async with ctx.db.session() as session:
         device, changed = await service.update_device(session, device_id, body)
-        audit.record(session, actor=principal.actor, action="device.update", target=f"device:{device.id}",
-                     summary=f"changed {', '.join(changed) or 'nothing'}", ip=client_ip(request),
-                     station_id=device.station_id)
+        audit.record(
+            session,
+            actor=principal.actor,
+            action="device.update",
+            target=f"device:{device.id}",
+            summary=f"changed {', '.join(changed) or 'nothing'}",
+            ip=client_ip(request),
+            station_id=device.station_id,
+        )
         return service.device_out(device)
 
 
 @router.delete("/devices/{device_id}", status_code=204)
 async def delete_device(
-    device_id: str, request: Request,
-    principal: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx),
+    device_id: str,
+    request: Request,
+    principal: Principal = Depends(require("admin")),
+    ctx: AppContext = Depends(get_ctx),
 ) -> Response:
     rt = runtime(ctx)
     async with ctx.db.session() as session:
         device = await service.delete_device(session, device_id)
-        audit.record(session, actor=principal.actor, action="device.delete", target=f"device:{device_id}",
-                     summary=f"deleted {device.name!r}", ip=client_ip(request), station_id=device.station_id)
+        audit.record(
+            session,
+            actor=principal.actor,
+            action="device.delete",
+            target=f"device:{device_id}",
+            summary=f"deleted {device.name!r}",
+            ip=client_ip(request),
+            station_id=device.station_id,
+        )
         after_commit(session, lambda: rt.device_removed(device_id))
     return Response(status_code=204)
 
@@ -120,14 +148,19 @@ async def list_events(
     async with ctx.db.session() as session:
         await service.get_device(session, device_id)
         rows, next_cursor = await service.list_events(session, device_id, limit=limit, cursor=cursor)
-        return {"items": [service.event_out(e).model_dump(mode="json") for e in rows], "next_cursor": next_cursor}
+        return {
+            "items": [service.event_out(e).model_dump(mode="json") for e in rows],
+            "next_cursor": next_cursor,
+        }
 
 
 @router.post("/devices/{device_id}/commands", response_model=CommandOut, status_code=202)
 async def send_command(
-    device_id: str, request: Request,
+    device_id: str,
+    request: Request,
     body: dict[str, Any] = Body(..., examples=[{"action": "set_brightness", "brightness": 75}]),
-    principal: Principal = Depends(require("member")), ctx: AppContext = Depends(get_ctx),
+    principal: Principal = Depends(require("member")),
+    ctx: AppContext = Depends(get_ctx),
 ) -> CommandOut:
     action = body.get("action")
     if not isinstance(action, str) or not action or len(action) > 64:
@@ -152,8 +185,10 @@ async def list_commands(
 
 @router.get("/devices/{device_id}/commands/{request_id}", response_model=CommandOut)
 async def get_command(
-    device_id: str, request_id: str,
-    _: Principal = Depends(require("viewer")), ctx: AppContext = Depends(get_ctx),
+    device_id: str,
+    request_id: str,
+    _: Principal = Depends(require("viewer")),
+    ctx: AppContext = Depends(get_ctx),
 ) -> CommandOut:
     async with ctx.db.session() as session:
         return service.command_out(await service.get_command(session, device_id, request_id))

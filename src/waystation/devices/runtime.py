@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from waystation.audit import service as audit
@@ -90,20 +90,28 @@ class DeviceRuntime:
         self._flush_lock = asyncio.Lock()
         self._bad_input_log = RateLimitedLog(log, 60.0)
         self.dropped_events = 0
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- set-up ----------------------------------------------------------------------------------
 
     async def load(self) -> None:
         async with self.db.session() as session:
-            rows = (await session.execute(select(Device.id, Device.station_id, Device.type, Device.status,
-                                                 Device.last_seen))).all()
+            rows = (
+                await session.execute(
+                    select(Device.id, Device.station_id, Device.type, Device.status, Device.last_seen)
+                )
+            ).all()
         now = time.time()
         for device_id, station_id, type_id, status, last_seen in rows:
             seen = last_seen.timestamp() if last_seen else 0.0
             # A device that was online when we stopped gets a full timeout to speak up again.
-            self.known[device_id] = KnownDevice(station_id, type_id, status,
-                                                last_seen=max(seen, now) if status == "online" else seen,
-                                                persisted_seen=seen)
+            self.known[device_id] = KnownDevice(
+                station_id,
+                type_id,
+                status,
+                last_seen=max(seen, now) if status == "online" else seen,
+                persisted_seen=seen,
+            )
         self._update_online_gauge()
 
     def attach(self, link: MqttLink) -> None:
@@ -123,14 +131,20 @@ class DeviceRuntime:
     def on_message(self, topic: str, payload: bytes, info: MessageInfo) -> None:
         parts = protocol.parse_topic(topic)
         if parts is None:
-            self._reject(protocol.Rejection(protocol.UNKNOWN_TOPIC, "topic does not match the device layout"),
-                         topic, None)
+            self._reject(
+                protocol.Rejection(protocol.UNKNOWN_TOPIC, "topic does not match the device layout"),
+                topic,
+                None,
+            )
             return
         if parts.suffix in protocol.OUTGOING_SUFFIXES:
             return
         if parts.suffix not in protocol.INCOMING_SUFFIXES:
-            self._reject(Rejection(protocol.UNKNOWN_TOPIC, f"unknown topic suffix {parts.suffix!r}"), topic,
-                         parts.device_id)
+            self._reject(
+                Rejection(protocol.UNKNOWN_TOPIC, f"unknown topic suffix {parts.suffix!r}"),
+                topic,
+                parts.device_id,
+            )
             return
         data = protocol.decode(payload, self.settings.max_payload_bytes)
         if isinstance(data, Rejection):
@@ -143,19 +157,29 @@ class DeviceRuntime:
         device = self.known.get(parts.device_id)
         if device is None or device.station_id != parts.station_id:
             if isinstance(message, Handshake) and self.link is not None:
-                self.link.publish_json(protocol.device_topic(parts.station_id, parts.device_id, "handshake/ack"),
-                                       {"status": "unknown_device"})
-            self._reject(Rejection(protocol.UNKNOWN_DEVICE, "device is not registered in this station"),
-                         topic, parts.device_id)
+                self.link.publish_json(
+                    protocol.device_topic(parts.station_id, parts.device_id, "handshake/ack"),
+                    {"status": "unknown_device"},
+                )
+            self._reject(
+                Rejection(protocol.UNKNOWN_DEVICE, "device is not registered in this station"),
+                topic,
+                parts.device_id,
+            )
             return
         self.metrics.accept(parts.suffix)
         self._record(parts.device_id, device, message)
 
     def _reject(self, rejection: Rejection, topic: str, device_id: str | None) -> None:
         self.metrics.reject(rejection.reason)
-        self._bad_input_log.warning((device_id or topic, rejection.reason), time.time(),
-                                    "dropped MQTT message on %s: %s (%s)", topic[:200], rejection.reason,
-                                    rejection.detail)
+        self._bad_input_log.warning(
+            (device_id or topic, rejection.reason),
+            time.time(),
+            "dropped MQTT message on %s: %s (%s)",
+            topic[:200],
+            rejection.reason,
+            rejection.detail,
+        )
 
     def _record(self, device_id: str, device: KnownDevice, message: protocol.Message) -> None:
         pending = self._pending
@@ -175,8 +199,14 @@ class DeviceRuntime:
             if len(pending.events) >= MAX_PENDING_EVENTS:
                 pending.events.pop(0)
                 self.dropped_events += 1
-            pending.events.append({"device_id": device_id, "ts": datetime.fromtimestamp(now, UTC),
-                                   "kind": message.kind, "data": message.data})
+            pending.events.append(
+                {
+                    "device_id": device_id,
+                    "ts": datetime.fromtimestamp(now, UTC),
+                    "kind": message.kind,
+                    "data": message.data,
+                }
+            )
         elif isinstance(message, Handshake):
             fields: dict[str, Any] = {}
             if message.firmware_version:
@@ -186,8 +216,9 @@ class DeviceRuntime:
             pending.fields.setdefault(device_id, {}).update(fields)
             pending.online_again.add(device_id)  # a (re)booted device gets its queued commands
             if self.link is not None:
-                self.link.publish_json(protocol.device_topic(device.station_id, device_id, "handshake/ack"),
-                                       {"status": "ok"})
+                self.link.publish_json(
+                    protocol.device_topic(device.station_id, device_id, "handshake/ack"), {"status": "ok"}
+                )
         elif isinstance(message, CommandAck):
             pending.acks.append((device_id, message))
         self._wake.set()
@@ -261,10 +292,16 @@ class DeviceRuntime:
 
     async def _write(self, session: AsyncSession, pending: Pending) -> None:
         now = time.time()
-        touched = set(pending.state) | set(pending.fields) | set(pending.status) | {
-            d for d in pending.seen
-            if (k := self.known.get(d)) is not None and now - k.persisted_seen >= LAST_SEEN_WRITE_INTERVAL
-        }
+        touched = (
+            set(pending.state)
+            | set(pending.fields)
+            | set(pending.status)
+            | {
+                d
+                for d in pending.seen
+                if (k := self.known.get(d)) is not None and now - k.persisted_seen >= LAST_SEEN_WRITE_INTERVAL
+            }
+        )
         touched &= set(self.known)
         current: dict[str, dict[str, Any]] = {}
         if pending.state:
@@ -292,51 +329,75 @@ class DeviceRuntime:
         for rows_of_shape in groups.values():
             await session.execute(update(Device), rows_of_shape)
         if pending.events:
-            await session.execute(DeviceEvent.__table__.insert(), pending.events)
+            await session.execute(insert(DeviceEvent), pending.events)
         for device_id, ack in pending.acks:
             await self._apply_ack(session, device_id, ack)
 
+        self._emit_flushed(session, pending, set(current))
+
+    def _emit_flushed(self, session: AsyncSession, pending: Pending, existing: set[str]) -> None:
+        """Bus events for what this flush wrote; published only once it has committed."""
+
+        def station_of(device_id: str) -> str | None:
+            owner = self.known.get(device_id)
+            return owner.station_id if owner is not None else None
+
         for device_id, status in pending.status.items():
-            known = self.known.get(device_id)
-            if known is not None:
-                emit(session, f"device.{status}", {"device_id": device_id}, known.station_id)
+            if (sid := station_of(device_id)) is not None:
+                emit(session, f"device.{status}", {"device_id": device_id}, sid)
         for device_id, state in pending.state.items():
-            known = self.known.get(device_id)
-            if known is not None and device_id in current:
-                emit(session, "device.state_changed",
-                     {"device_id": device_id, "state": state, "ts": pending.state_ts[device_id].isoformat()},
-                     known.station_id)
+            if (sid := station_of(device_id)) is not None and device_id in existing:
+                ts = pending.state_ts[device_id].isoformat()
+                emit(session, "device.state_changed", {"device_id": device_id, "state": state, "ts": ts}, sid)
         for ev in pending.events:
-            known = self.known.get(ev["device_id"])
-            if known is not None:
-                emit(session, "device.event", {"device_id": ev["device_id"], "kind": ev["kind"],
-                                               "data": ev["data"], "ts": ev["ts"].isoformat()},
-                     known.station_id)
+            if (sid := station_of(ev["device_id"])) is not None:
+                data = {
+                    "device_id": ev["device_id"],
+                    "kind": ev["kind"],
+                    "data": ev["data"],
+                    "ts": ev["ts"].isoformat(),
+                }
+                emit(session, "device.event", data, sid)
         for device_id, fields in pending.fields.items():
-            known = self.known.get(device_id)
-            if known is not None and fields:
-                emit(session, "device.updated", {"device_id": device_id, "changed": sorted(fields)},
-                     known.station_id)
+            if (sid := station_of(device_id)) is not None and fields:
+                emit(session, "device.updated", {"device_id": device_id, "changed": sorted(fields)}, sid)
 
     async def _apply_ack(self, session: AsyncSession, device_id: str, ack: CommandAck) -> None:
         now = datetime.now(UTC)
         result = await session.execute(
             update(Command)
-            .where(Command.request_id == ack.request_id, Command.device_id == device_id,
-                   Command.status.in_(_ACK_FROM[ack.status]))
+            .where(
+                Command.request_id == ack.request_id,
+                Command.device_id == device_id,
+                Command.status.in_(_ACK_FROM[ack.status]),
+            )
             .values(status=ack.status, error=ack.error, acked_at=now, updated_at=now)
             .returning(Command.action)
         )
         action = result.scalar()
         if action is None:
-            self._bad_input_log.warning((device_id, "ack"), time.time(),
-                                        "ignored ack %s for unknown or finished command %s of %s",
-                                        ack.status, ack.request_id, device_id)
+            self._bad_input_log.warning(
+                (device_id, "ack"),
+                time.time(),
+                "ignored ack %s for unknown or finished command %s of %s",
+                ack.status,
+                ack.request_id,
+                device_id,
+            )
             return
         known = self.known.get(device_id)
-        emit(session, "device.command_acked",
-             {"device_id": device_id, "request_id": ack.request_id, "action": action, "status": ack.status,
-              "error": ack.error}, known.station_id if known else None)
+        emit(
+            session,
+            "device.command_acked",
+            {
+                "device_id": device_id,
+                "request_id": ack.request_id,
+                "action": action,
+                "status": ack.status,
+                "error": ack.error,
+            },
+            known.station_id if known else None,
+        )
 
     # --- presence and timeouts ---------------------------------------------------------------------
 
@@ -355,8 +416,11 @@ class DeviceRuntime:
         for device_id in went_silent:
             self._set_status(device_id, self.known[device_id], "offline")
         if went_silent:
-            log.info("%d device(s) silent for %.0fs, now offline", len(went_silent),
-                     self.settings.heartbeat_timeout_seconds)
+            log.info(
+                "%d device(s) silent for %.0fs, now offline",
+                len(went_silent),
+                self.settings.heartbeat_timeout_seconds,
+            )
             await self.flush()
 
     async def expire_commands(self) -> None:
@@ -365,21 +429,37 @@ class DeviceRuntime:
         async with self.db.session() as session:
             result = await session.execute(
                 update(Command)
-                .where(((Command.status == "queued") & (Command.expires_at < now))
-                       | ((Command.status == "sent") & (Command.sent_at < ack_cutoff)))
+                .where(
+                    ((Command.status == "queued") & (Command.expires_at < now))
+                    | ((Command.status == "sent") & (Command.sent_at < ack_cutoff))
+                )
                 .values(status="timeout", updated_at=now, error="no answer from the device in time")
                 .returning(Command.request_id, Command.device_id, Command.action)
             )
             for request_id, device_id, action in result.all():
                 known = self.known.get(device_id)
-                emit(session, "device.command_acked",
-                     {"device_id": device_id, "request_id": request_id, "action": action, "status": "timeout",
-                      "error": "no answer from the device in time"}, known.station_id if known else None)
+                emit(
+                    session,
+                    "device.command_acked",
+                    {
+                        "device_id": device_id,
+                        "request_id": request_id,
+                        "action": action,
+                        "status": "timeout",
+                        "error": "no answer from the device in time",
+                    },
+                    known.station_id if known else None,
+                )
 
     # --- commands out ------------------------------------------------------------------------------
 
     async def submit_command(
-        self, device_id: str, action: str, params: dict[str, Any], actor: str, ip: str | None,
+        self,
+        device_id: str,
+        action: str,
+        params: dict[str, Any],
+        actor: str,
+        ip: str | None,
         visible_station: str | None = None,
     ) -> Command:
         """Validate, store (queued), then send now if the device is online; otherwise it waits."""
@@ -388,13 +468,26 @@ class DeviceRuntime:
             validate_command(await get_type(session, device.type), action, params)
             now = datetime.now(UTC)
             cmd = Command(
-                request_id=uuid.uuid4().hex, device_id=device_id, action=action, params=params,
-                status="queued", created_by=actor, created_at=now, updated_at=now,
+                request_id=uuid.uuid4().hex,
+                device_id=device_id,
+                action=action,
+                params=params,
+                status="queued",
+                created_by=actor,
+                created_at=now,
+                updated_at=now,
                 expires_at=now + timedelta(seconds=self.settings.command_ttl_seconds),
             )
             session.add(cmd)
-            audit.record(session, actor=actor, action="device.command", target=f"device:{device_id}",
-                         summary=f"{action} {sorted(params)}", ip=ip, station_id=device.station_id)
+            audit.record(
+                session,
+                actor=actor,
+                action="device.command",
+                target=f"device:{device_id}",
+                summary=f"{action} {sorted(params)}",
+                ip=ip,
+                station_id=device.station_id,
+            )
         known = self.known.get(device_id)
         if known is not None and known.status == "online":
             await self._send(cmd, known.station_id)
@@ -405,11 +498,17 @@ class DeviceRuntime:
         if known is None or self.link is None or not self.link.connected:
             return 0
         async with self.db.session() as session:
-            queued = (await session.scalars(
-                select(Command).where(Command.device_id == device_id, Command.status == "queued",
-                                      Command.expires_at >= datetime.now(UTC))
-                .order_by(Command.created_at)
-            )).all()
+            queued = (
+                await session.scalars(
+                    select(Command)
+                    .where(
+                        Command.device_id == device_id,
+                        Command.status == "queued",
+                        Command.expires_at >= datetime.now(UTC),
+                    )
+                    .order_by(Command.created_at)
+                )
+            ).all()
         sent = 0
         for cmd in queued:
             sent += await self._send(cmd, known.station_id)
@@ -425,13 +524,19 @@ class DeviceRuntime:
         async with self.db.session() as session:
             # Only queued → sent: a fast device may already have acknowledged it.
             result = await session.execute(
-                update(Command).where(Command.request_id == cmd.request_id, Command.status == "queued")
-                .values(status="sent", sent_at=now, updated_at=now).returning(Command.request_id)
+                update(Command)
+                .where(Command.request_id == cmd.request_id, Command.status == "queued")
+                .values(status="sent", sent_at=now, updated_at=now)
+                .returning(Command.request_id)
             )
             if result.scalar() is not None:
                 cmd.status, cmd.sent_at = "sent", now
-            emit(session, "device.command_sent",
-                 {"device_id": cmd.device_id, "request_id": cmd.request_id, "action": cmd.action}, station_id)
+            emit(
+                session,
+                "device.command_sent",
+                {"device_id": cmd.device_id, "request_id": cmd.request_id, "action": cmd.action},
+                station_id,
+            )
         return 1
 
     def _on_link_change(self, connected: bool) -> None:
@@ -439,7 +544,10 @@ class DeviceRuntime:
         if connected:
             online = [d for d, k in self.known.items() if k.status == "online"]
             if online:
-                asyncio.get_running_loop().create_task(self._send_all_queued(online))
+                # Keep a reference: the loop holds tasks only weakly.
+                task = asyncio.get_running_loop().create_task(self._send_all_queued(online))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     async def _send_all_queued(self, device_ids: list[str]) -> None:
         for device_id in device_ids:

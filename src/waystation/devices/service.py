@@ -20,18 +20,31 @@ from waystation.station import service as stations
 
 def device_out(device: Device) -> DeviceOut:
     return DeviceOut(
-        id=device.id, station_id=device.station_id, type=device.type, name=device.name, zone=device.zone,
-        status=device.status,  # type: ignore[arg-type]
-        last_seen=device.last_seen, firmware_version=device.firmware_version, chip=device.chip,
-        state=device.state or {}, created_at=device.created_at,
+        id=device.id,
+        station_id=device.station_id,
+        type=device.type,
+        name=device.name,
+        zone=device.zone,
+        status=device.status,
+        last_seen=device.last_seen,
+        firmware_version=device.firmware_version,
+        chip=device.chip,
+        state=device.state or {},
+        created_at=device.created_at,
     )
 
 
 def command_out(cmd: Command) -> CommandOut:
     return CommandOut(
-        request_id=cmd.request_id, device_id=cmd.device_id, action=cmd.action, params=cmd.params or {},
-        status=cmd.status,  # type: ignore[arg-type]
-        error=cmd.error, created_at=cmd.created_at, sent_at=cmd.sent_at, acked_at=cmd.acked_at,
+        request_id=cmd.request_id,
+        device_id=cmd.device_id,
+        action=cmd.action,
+        params=cmd.params or {},
+        status=cmd.status,
+        error=cmd.error,
+        created_at=cmd.created_at,
+        sent_at=cmd.sent_at,
+        acked_at=cmd.acked_at,
         expires_at=cmd.expires_at,
     )
 
@@ -119,8 +132,15 @@ async def create_device(session: AsyncSession, body: DeviceCreate, default_stati
         raise DeviceExists(f"A device with id {device_id!r} already exists.")
     now = datetime.now(UTC)
     device = Device(
-        id=device_id, station_id=station_id, type=body.type, name=body.name or device_id, zone=body.zone,
-        status="unknown", state={}, created_at=now, updated_at=now,
+        id=device_id,
+        station_id=station_id,
+        type=body.type,
+        name=body.name or device_id,
+        zone=body.zone,
+        status="unknown",
+        state={},
+        created_at=now,
+        updated_at=now,
     )
     session.add(device)
     await session.flush()
@@ -128,7 +148,9 @@ async def create_device(session: AsyncSession, body: DeviceCreate, default_stati
     return device
 
 
-async def update_device(session: AsyncSession, device_id: str, body: DeviceUpdate) -> tuple[Device, list[str]]:
+async def update_device(
+    session: AsyncSession, device_id: str, body: DeviceUpdate
+) -> tuple[Device, list[str]]:
     device = await get_device(session, device_id)
     changed = []
     for field in body.model_fields_set:
@@ -155,8 +177,10 @@ async def list_events(
     session: AsyncSession, device_id: str, *, limit: int = 100, cursor: str | None = None
 ) -> tuple[Sequence[DeviceEvent], str | None]:
     query = (
-        select(DeviceEvent).where(DeviceEvent.device_id == device_id)
-        .order_by(DeviceEvent.id.desc()).limit(limit + 1)
+        select(DeviceEvent)
+        .where(DeviceEvent.device_id == device_id)
+        .order_by(DeviceEvent.id.desc())
+        .limit(limit + 1)
     )
     if cursor:
         (before,) = decode_cursor(cursor, 1)
@@ -166,12 +190,12 @@ async def list_events(
     return rows[:limit], next_cursor
 
 
-async def list_commands(
-    session: AsyncSession, device_id: str, *, limit: int = 50
-) -> Sequence[Command]:
+async def list_commands(session: AsyncSession, device_id: str, *, limit: int = 50) -> Sequence[Command]:
     query = (
-        select(Command).where(Command.device_id == device_id)
-        .order_by(Command.created_at.desc(), Command.request_id.desc()).limit(limit)
+        select(Command)
+        .where(Command.device_id == device_id)
+        .order_by(Command.created_at.desc(), Command.request_id.desc())
+        .limit(limit)
     )
     return (await session.scalars(query)).all()
 

@@ -10,6 +10,7 @@ back-pressure instead of unbounded memory. paho reconnects on its own with a cap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import threading
@@ -99,8 +100,8 @@ class MqttLink:
         await asyncio.to_thread(self._client.loop_stop)
         self.connected = False
 
-    async def wait_connected(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    async def wait_connected(self, within: float) -> bool:
+        deadline = time.monotonic() + within
         while not self.connected:
             if time.monotonic() > deadline:
                 return False
@@ -167,7 +168,9 @@ class MqttLink:
             client.subscribe([(f, q) for f, q in self._filters.items()])
         self._call_in_loop(self._set_connected, True)
 
-    def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _on_disconnect(
+        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
         if not self._stopping:
             self.last_error = f"disconnected: {reason}"
         self._call_in_loop(self._set_connected, False)
@@ -186,10 +189,8 @@ class MqttLink:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closing during shutdown
             loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # loop closing during shutdown
-            pass
 
     # --- asyncio side -------------------------------------------------------------------------
 
@@ -228,7 +229,7 @@ class MqttLink:
             info = MessageInfo(qos=msg.qos, retain=bool(msg.retain), mid=msg.mid, dup=bool(msg.dup))
             for handler in self.router.handlers_for(topic):
                 try:
-                    handler(topic, msg.payload, info)
+                    handler(topic, bytes(msg.payload), info)
                 except Exception:
                     # A handler bug must never stop the subscription; it is logged and counted.
                     self.handler_errors += 1

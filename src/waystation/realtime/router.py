@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from waystation.auth.deps import get_ctx, require
 from waystation.auth.roles import Principal
@@ -63,8 +63,9 @@ async def event_stream(
                         yield _sse(ev)
             async for item in sub:
                 if isinstance(item, Gap):
-                    yield ServerSentEvent(data=orjson.dumps({"dropped": item.dropped}).decode(),
-                                          event="stream.gap")
+                    yield ServerSentEvent(
+                        data=orjson.dumps({"dropped": item.dropped}).decode(), event="stream.gap"
+                    )
                     continue
                 if item.seq <= replayed_up_to:
                     continue

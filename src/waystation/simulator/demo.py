@@ -21,6 +21,10 @@ async def run_demo_fleet(ctx: AppContext) -> None:
                 ctx.devices.device_added(m.device_id, ctx.default_station_id, m.type)
     log.info("demo fleet: %d simulated devices (%d new)", len(members), created)
     endpoint = replace(ctx.settings.mqtt, embedded=False)
-    fleet = Fleet(members, SimConfig(endpoint=endpoint, station_id=ctx.default_station_id,
-                                     state_interval=5.0, heartbeat_interval=30.0))
+    fleet = Fleet(
+        members,
+        SimConfig(
+            endpoint=endpoint, station_id=ctx.default_station_id, state_interval=5.0, heartbeat_interval=30.0
+        ),
+    )
     await fleet.run()

@@ -73,16 +73,21 @@ class SimulatedDevice:
         cfg = self.config
         will = aiomqtt.Will(self.topic("heartbeat"), orjson.dumps({"status": "offline"}), qos=1)
         async with aiomqtt.Client(
-            cfg.endpoint.host, cfg.endpoint.port, identifier=f"sim-{self.device_id}", will=will,
-            keepalive=60, username=cfg.username or cfg.endpoint.username,
+            cfg.endpoint.host,
+            cfg.endpoint.port,
+            identifier=f"sim-{self.device_id}",
+            will=will,
+            keepalive=60,
+            username=cfg.username or cfg.endpoint.username,
             password=cfg.password or cfg.endpoint.password,
         ) as client:
             self._client = client
             self.connected = True
             await client.subscribe(self.topic("command"), qos=1)
             await client.subscribe(self.topic("handshake/ack"), qos=1)
-            await self._publish("handshake", {"type": self.type, "firmwareVersion": FIRMWARE_VERSION,
-                                              "chip": "esp32-sim"})
+            await self._publish(
+                "handshake", {"type": self.type, "firmwareVersion": FIRMWARE_VERSION, "chip": "esp32-sim"}
+            )
             await self._publish("heartbeat", {"status": "online"})
             await self._publish_state()
             async with asyncio.TaskGroup() as tasks:
@@ -106,8 +111,9 @@ class SimulatedDevice:
     async def _states(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._state_now.wait(),
-                                       self.config.state_interval * self.rng.uniform(0.9, 1.1))
+                await asyncio.wait_for(
+                    self._state_now.wait(), self.config.state_interval * self.rng.uniform(0.9, 1.1)
+                )
             self._state_now.clear()
             event = step_state(self.type, self.state, self.rng)
             await self._publish_state()
@@ -156,8 +162,9 @@ def step_state(type_id: str, state: dict[str, Any], rng: random.Random) -> dict[
     if type_id == "climate":
         hour = time.time() / 3600.0
         target = 21.5 + 2.0 * math.sin(hour * 2 * math.pi / 24)
-        state["temperature"] = round(state["temperature"] + 0.2 * (target - state["temperature"])
-                                     + rng.gauss(0, 0.15), 2)
+        state["temperature"] = round(
+            state["temperature"] + 0.2 * (target - state["temperature"]) + rng.gauss(0, 0.15), 2
+        )
         state["humidity"] = round(min(95.0, max(10.0, state["humidity"] + rng.gauss(0, 0.5))), 1)
         return None
     if type_id in ("pir", "switch-pir"):

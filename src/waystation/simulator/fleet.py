@@ -27,21 +27,33 @@ def plan_fleet(count: int, prefix: str = "sim", only_type: str | None = None) ->
     members = []
     for i in range(count):
         type_id = only_type or FLEET_TYPES[i % len(FLEET_TYPES)]
-        members.append(FleetMember(f"{prefix}-{i + 1:04d}", type_id, f"{_NAMES.get(type_id, type_id)} {i + 1}"))
+        members.append(
+            FleetMember(f"{prefix}-{i + 1:04d}", type_id, f"{_NAMES.get(type_id, type_id)} {i + 1}")
+        )
     return members
 
 
 async def register_fleet(db: Database, station_id: str, members: list[FleetMember]) -> int:
     """Create the devices that do not exist yet (idempotent); returns how many were created."""
     async with db.session() as session:
-        existing = set((await session.scalars(
-            select(Device.id).where(Device.id.in_([m.device_id for m in members]))
-        )).all())
+        existing = set(
+            (
+                await session.scalars(select(Device.id).where(Device.id.in_([m.device_id for m in members])))
+            ).all()
+        )
         created = 0
         for m in members:
             if m.device_id not in existing:
-                session.add(Device(id=m.device_id, station_id=station_id, type=m.type, name=m.name,
-                                   status="unknown", state={}))
+                session.add(
+                    Device(
+                        id=m.device_id,
+                        station_id=station_id,
+                        type=m.type,
+                        name=m.name,
+                        status="unknown",
+                        state={},
+                    )
+                )
                 created += 1
     return created
 

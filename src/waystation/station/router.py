@@ -25,8 +25,9 @@ class StationOut(BaseModel):
 
 
 def station_out(station: Station) -> StationOut:
-    return StationOut(id=station.id, name=station.name, is_default=station.is_default,
-                      created_at=station.created_at)
+    return StationOut(
+        id=station.id, name=station.name, is_default=station.is_default, created_at=station.created_at
+    )
 
 
 @router.get("/station", response_model=StationOut)

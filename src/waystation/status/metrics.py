@@ -9,11 +9,15 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.mqtt_messages = Counter(
-            "waystation_mqtt_messages_total", "Device messages accepted, by kind", ["kind"],
+            "waystation_mqtt_messages_total",
+            "Device messages accepted, by kind",
+            ["kind"],
             registry=self.registry,
         )
         self.mqtt_rejected = Counter(
-            "waystation_mqtt_rejected_total", "Device messages dropped, by reason", ["reason"],
+            "waystation_mqtt_rejected_total",
+            "Device messages dropped, by reason",
+            ["reason"],
             registry=self.registry,
         )
         self.device_flushes = Counter(

@@ -61,8 +61,11 @@ async def ingest_status(
         },
         "embedded_broker": (
             {"kind": ctx.broker.kind, "running": ctx.broker.running, "restarts": ctx.broker.restarts}
-            if ctx.broker else None
+            if ctx.broker
+            else None
         ),
-        "devices_online": sum(1 for d in ctx.devices.known.values() if d.status == "online") if ctx.devices else 0,
+        "devices_online": sum(1 for d in ctx.devices.known.values() if d.status == "online")
+        if ctx.devices
+        else 0,
         "uptime_seconds": round(time.time() - ctx.started_at, 1),
     }
