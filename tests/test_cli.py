@@ -62,3 +62,25 @@ def test_workers_on_sqlite_is_refused(tmp_path: Path) -> None:
     env["WAYSTATION_DATA_DIR"] = str(tmp_path)
     r = run(["run", "--workers", "2"], env)
     assert r.returncode == 2 and "PostgreSQL" in r.stderr
+
+
+def test_simulate_registers_devices_on_a_fresh_data_dir(database_url: str, tmp_path: Path, mosquitto) -> None:
+    env = make_env(database_url, tmp_path)
+    r = run(
+        [
+            "simulate",
+            "--devices",
+            "3",
+            "--rate",
+            "5",
+            "--duration",
+            "2",
+            "--mqtt",
+            f"mqtt://127.0.0.1:{mosquitto.port}",
+        ],
+        env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "registered 3 new device(s)" in r.stderr
+    published = int(r.stderr.split("published ", 1)[1].split()[0])
+    assert published >= 9  # handshake, heartbeat and state for each of the 3 devices at least

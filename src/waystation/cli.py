@@ -144,10 +144,14 @@ def simulate(
     prefix: Annotated[str, typer.Option(help="Device id prefix")] = "sim",
     type_: Annotated[str | None, typer.Option("--type", help="Only this device type")] = None,
     register: Annotated[bool, typer.Option(help="Create the devices in this data dir's database")] = True,
+    duration: Annotated[
+        float, typer.Option(min=0.0, help="Stop after this many seconds (0: run until Ctrl-C)")
+    ] = 0.0,
     config: ConfigOption = None,
 ) -> None:
     """Run a fleet of simulated devices speaking the device protocol."""
     from waystation.db import Database
+    from waystation.devices.types import seed_device_types
     from waystation.simulator.device import SimConfig
     from waystation.simulator.fleet import Fleet, plan_fleet, register_fleet
     from waystation.station.service import ensure_default_station
@@ -161,6 +165,8 @@ def simulate(
             db = Database(settings)
             try:
                 async with db.session() as session:
+                    # The same rows the station creates on its first start (types are FK targets).
+                    await seed_device_types(session)
                     sid = station_id or (await ensure_default_station(session)).id
                 if register:
                     created = await register_fleet(db, sid, members)
@@ -184,8 +190,19 @@ def simulate(
         f"simulating {devices} device(s) on {endpoint.display()} for station {station_id}; Ctrl-C stops"
     )
     logging.basicConfig(level=logging.WARNING)
+
+    async def _run() -> None:
+        if duration > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fleet.run(), duration)
+            console.print(
+                f"published {fleet.published} message(s); {fleet.connected} device(s) connected at the end"
+            )
+        else:
+            await fleet.run()
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(fleet.run())
+        asyncio.run(_run())
 
 
 def _read_password(password_stdin: bool, confirm: bool = True) -> str:

@@ -232,3 +232,16 @@ async def test_bad_messages_are_counted_dropped_and_never_stop_processing(statio
     assert r.json()["mqtt"]["handler_errors"] == 0
     metrics = (await station.client.get("/metrics")).text
     assert 'waystation_mqtt_rejected_total{reason="invalid_json"}' in metrics
+
+
+async def test_device_registered_by_another_process_is_found_without_restart(station: StationHandle) -> None:
+    from waystation.simulator.fleet import FleetMember, register_fleet
+
+    # Written straight to the database, as `waystation simulate` (or another worker) does.
+    await register_fleet(station.ctx.db, station.station_id, [FleetMember("late-1", "climate", "Late")])
+    assert "late-1" not in station.ctx.devices.known
+    async with DeviceClient(station.mqtt_port, station.station_id, "late-1") as dev:
+        await dev.publish("handshake", {"type": "climate", "firmwareVersion": "1.0.0"})
+        await wait_for(lambda: dev.messages("handshake/ack"), message="handshake ack")
+        assert dev.messages("handshake/ack")[0] == {"status": "ok"}
+        await wait_for(lambda: _status(station, "late-1", "online"), message="online")

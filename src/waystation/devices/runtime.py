@@ -43,6 +43,8 @@ from waystation.status.metrics import Metrics
 log = logging.getLogger(__name__)
 
 MAX_PENDING_EVENTS = 10_000
+MAX_LOOKUPS = 100  # concurrent database look-ups of unknown device ids
+UNKNOWN_DEVICE_RECHECK_SECONDS = 10.0  # an id not in the database is not looked up again sooner
 LAST_SEEN_WRITE_INTERVAL = 15.0  # seconds; last_seen is kept exact in memory, persisted at this pace
 _ACK_FROM = {
     "accepted": ("queued", "sent", "timeout"),
@@ -91,6 +93,8 @@ class DeviceRuntime:
         self._bad_input_log = RateLimitedLog(log, 60.0)
         self.dropped_events = 0
         self._background: set[asyncio.Task[None]] = set()
+        self._lookups: set[asyncio.Task[None]] = set()
+        self._not_found: dict[str, float] = {}
 
     # --- set-up ----------------------------------------------------------------------------------
 
@@ -121,6 +125,7 @@ class DeviceRuntime:
 
     def device_added(self, device_id: str, station_id: str, type_id: str) -> None:
         self.known[device_id] = KnownDevice(station_id, type_id, "unknown")
+        self._not_found.pop(device_id, None)
 
     def device_removed(self, device_id: str) -> None:
         self.known.pop(device_id, None)
@@ -155,17 +160,59 @@ class DeviceRuntime:
             self._reject(message, topic, parts.device_id)
             return
         device = self.known.get(parts.device_id)
-        if device is None or device.station_id != parts.station_id:
-            if isinstance(message, Handshake) and self.link is not None:
-                self.link.publish_json(
-                    protocol.device_topic(parts.station_id, parts.device_id, "handshake/ack"),
-                    {"status": "unknown_device"},
-                )
-            self._reject(
-                Rejection(protocol.UNKNOWN_DEVICE, "device is not registered in this station"),
-                topic,
-                parts.device_id,
+        if device is None:
+            # Maybe created by another process (CLI, another worker): look it up once, off the hot path.
+            self._lookup_unknown(parts, message, topic)
+            return
+        if device.station_id != parts.station_id:
+            self._refuse_unknown(parts, message, topic)
+            return
+        self.metrics.accept(parts.suffix)
+        self._record(parts.device_id, device, message)
+
+    def _refuse_unknown(self, parts: protocol.DeviceTopic, message: protocol.Message, topic: str) -> None:
+        if isinstance(message, Handshake) and self.link is not None:
+            self.link.publish_json(
+                protocol.device_topic(parts.station_id, parts.device_id, "handshake/ack"),
+                {"status": "unknown_device"},
             )
+        self._reject(
+            Rejection(protocol.UNKNOWN_DEVICE, "device is not registered in this station"),
+            topic,
+            parts.device_id,
+        )
+
+    def _lookup_unknown(self, parts: protocol.DeviceTopic, message: protocol.Message, topic: str) -> None:
+        now = time.monotonic()
+        if self._not_found.get(parts.device_id, 0.0) > now or len(self._lookups) >= MAX_LOOKUPS:
+            self._refuse_unknown(parts, message, topic)
+            return
+        task = asyncio.get_running_loop().create_task(self._resolve(parts, message, topic))
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
+
+    async def _resolve(self, parts: protocol.DeviceTopic, message: protocol.Message, topic: str) -> None:
+        try:
+            async with self.db.session() as session:
+                row = (
+                    await session.execute(
+                        select(Device.station_id, Device.type, Device.status).where(
+                            Device.id == parts.device_id
+                        )
+                    )
+                ).first()
+        except Exception:
+            log.exception("looking up device %s failed", parts.device_id)
+            row = None
+        if row is None:
+            if len(self._not_found) >= 10_000:
+                self._not_found.clear()
+            self._not_found[parts.device_id] = time.monotonic() + UNKNOWN_DEVICE_RECHECK_SECONDS
+            self._refuse_unknown(parts, message, topic)
+            return
+        device = self.known.setdefault(parts.device_id, KnownDevice(row.station_id, row.type, row.status))
+        if device.station_id != parts.station_id:
+            self._refuse_unknown(parts, message, topic)
             return
         self.metrics.accept(parts.suffix)
         self._record(parts.device_id, device, message)
