@@ -124,6 +124,7 @@ def settings_factory(tmp_path: Path, database_url: str, mosquitto: Broker):  # t
             "http_port": 0,
             "device_flush_interval_ms": 50,
             "presence_check_interval_seconds": 0.2,
+            "mqtt_session_expiry_seconds": 30,
         }
         values.update(overrides)
         return Settings(**values)  # type: ignore[arg-type]

@@ -57,7 +57,7 @@ class Broker:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {self.workdir}/\nmax_queued_messages 100000\n"
+            f"persistence_location {self.workdir}/\nmax_queued_messages 100000\nmax_inflight_messages 1000\n"
             f"log_dest file {self.workdir}/mosquitto.log\n{self.extra_conf}"
         )
         self.proc = subprocess.Popen(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -39,6 +38,7 @@ from waystation.station.router import router as station_router
 from waystation.status.metrics import Metrics
 from waystation.status.router import probes as status_probes
 from waystation.status.router import router as status_router
+from waystation.telemetry.ingest import IngestPipeline
 from waystation.web.pages import router as pages_router
 
 log = logging.getLogger(__name__)
@@ -113,12 +113,26 @@ def create_app(settings: Settings, options: AppOptions | None = None) -> FastAPI
                 )
                 await ctx.broker.start()
                 tasks.append(asyncio.create_task(ctx.broker.run(), name="embedded-broker"))
-            ctx.mqtt = MqttLink(endpoint, client_id=f"waystation-{ctx.default_station_id}-{os.getpid()}")
+            # A stable client id and a persistent session: QoS 1 messages that arrive while the station
+            # is down (or not yet acknowledged when it died) are delivered when it comes back.
+            link = MqttLink(
+                endpoint,
+                client_id=settings.mqtt_client_id or f"waystation-{ctx.default_station_id}",
+                persistent_session=True,
+                manual_ack=True,
+                protocol=3 if ctx.broker is not None and ctx.broker.kind == "amqtt" else 5,
+                session_expiry=settings.mqtt_session_expiry_seconds,
+            )
+            ctx.mqtt = link
+            ctx.ingest = IngestPipeline(settings, db, bus, metrics, pause=link.pause, resume=link.resume)
+            await ctx.ingest.load()
             ctx.devices = DeviceRuntime(settings, db, bus, metrics)
+            ctx.devices.ingest = ctx.ingest
             await ctx.devices.load()
-            ctx.devices.attach(ctx.mqtt)
-            ctx.mqtt.start()
-            devices = ctx.devices
+            ctx.devices.attach(link)
+            link.start()
+            devices, ingest = ctx.devices, ctx.ingest
+            tasks.append(asyncio.create_task(supervise("ingest", ingest.run), name="ingest"))
             tasks.append(asyncio.create_task(supervise("devices", devices.run), name="devices"))
             if options.demo:
                 from waystation.simulator.demo import run_demo_fleet

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     public_url: str | None = Field(default=None, description="Base URL people use to reach the station")
+    mqtt_client_id: str | None = None
+    mqtt_session_expiry_seconds: int = 7 * 24 * 3600
     broker_admin: BrokerAdmin = "auto"
     embedded_broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
     cloud_url: str | None = None
@@ -79,6 +81,17 @@ class Settings(BaseSettings):
     max_payload_bytes: int = 64 * 1024
     device_flush_interval_ms: int = 250
     presence_check_interval_seconds: float = 5.0
+
+    # Telemetry ingest and retention
+    ingest_batch_rows: int = Field(default=2000, ge=1, le=50_000)
+    ingest_batch_ms: int = Field(default=50, ge=1, le=10_000)
+    ingest_max_queue_rows: int = Field(default=50_000, ge=100)
+    raw_retention_days: float = Field(default=30, gt=0)
+    rollup_1m_retention_days: float = Field(default=180, gt=0)
+    rollup_1h_retention_days: float = Field(default=1825, gt=0)
+    retention_interval_seconds: float = 300.0
+    retention_batch_rows: int = 5000
+    command_apply_timeout_seconds: float = 600.0
 
     # Auth
     access_token_minutes: int = 15

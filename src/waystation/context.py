@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from waystation.broker.embedded import EmbeddedBroker
     from waystation.devices.runtime import DeviceRuntime
     from waystation.mqtt.link import MqttLink
+    from waystation.telemetry.ingest import IngestPipeline
 
 
 @dataclass
@@ -26,5 +27,6 @@ class AppContext:
     mqtt: MqttLink | None = None
     broker: EmbeddedBroker | None = None
     devices: DeviceRuntime | None = None
+    ingest: IngestPipeline | None = None
     started_at: float = field(default_factory=time.time)
     default_station_id: str = ""

@@ -5,10 +5,16 @@ from waystation.auth.models import RefreshToken, User
 from waystation.db import Base
 from waystation.devices.models import Command, Device, DeviceEvent, DeviceType
 from waystation.station.models import Setting, Station
+from waystation.telemetry.models import Channel, Datapoint, Experiment, Rollup1h, Rollup1m
 
 __all__ = [
     "AuditEntry",
     "Base",
+    "Channel",
+    "Datapoint",
+    "Experiment",
+    "Rollup1h",
+    "Rollup1m",
     "Command",
     "Device",
     "DeviceEvent",

@@ -57,8 +57,9 @@ async def test_list_filters_and_cursor_paging(station: StationHandle) -> None:
     assert [d["id"] for d in r.json()["items"]] == ["pg-2", "pg-3"]
     r = await station.client.get("/api/v1/devices", headers=headers, params={"type": "light"})
     assert [d["id"] for d in r.json()["items"]] == ["pg-1", "pg-3"]
-    r = await station.client.get("/api/v1/devices", headers=headers, params={"cursor": "!!bad"})
-    assert r.status_code == 400 and r.json()["code"] == "BAD_REQUEST"
+    for bad in ("!!bad", "!!!", "abc"):
+        r = await station.client.get("/api/v1/devices", headers=headers, params={"cursor": bad})
+        assert r.status_code == 400 and r.json()["code"] == "BAD_REQUEST", bad
 
 
 async def test_bad_device_input_gets_clear_errors_and_changes_nothing(station: StationHandle) -> None:

@@ -65,7 +65,7 @@ def mosquitto_config(host: str, port: int, broker_dir: Path) -> str:
             f"persistence_location {broker_dir}/",
             "autosave_interval 60",
             "max_queued_messages 100000",
-            "max_inflight_messages 100",
+            "max_inflight_messages 1000",
             "log_dest stderr",
             "log_type error",
             "log_type warning",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from waystation.logs import RateLimitedLog
 from waystation.mqtt.link import MqttLink
 from waystation.mqtt.topics import MessageInfo
 from waystation.status.metrics import Metrics
+from waystation.telemetry.ingest import IngestPipeline
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class DeviceRuntime:
         self.bus = bus
         self.metrics = metrics
         self.link: MqttLink | None = None
+        self.ingest: IngestPipeline | None = None
         self.known: dict[str, KnownDevice] = {}
         self._pending = Pending()
         self._wake = asyncio.Event()
@@ -162,13 +165,13 @@ class DeviceRuntime:
         device = self.known.get(parts.device_id)
         if device is None:
             # Maybe created by another process (CLI, another worker): look it up once, off the hot path.
-            self._lookup_unknown(parts, message, topic)
+            self._lookup_unknown(parts, message, topic, info)
             return
         if device.station_id != parts.station_id:
             self._refuse_unknown(parts, message, topic)
             return
         self.metrics.accept(parts.suffix)
-        self._record(parts.device_id, device, message)
+        self._record(parts.device_id, device, message, info)
 
     def _refuse_unknown(self, parts: protocol.DeviceTopic, message: protocol.Message, topic: str) -> None:
         if isinstance(message, Handshake) and self.link is not None:
@@ -182,16 +185,31 @@ class DeviceRuntime:
             parts.device_id,
         )
 
-    def _lookup_unknown(self, parts: protocol.DeviceTopic, message: protocol.Message, topic: str) -> None:
+    def _lookup_unknown(
+        self, parts: protocol.DeviceTopic, message: protocol.Message, topic: str, info: MessageInfo
+    ) -> None:
         now = time.monotonic()
         if self._not_found.get(parts.device_id, 0.0) > now or len(self._lookups) >= MAX_LOOKUPS:
             self._refuse_unknown(parts, message, topic)
             return
-        task = asyncio.get_running_loop().create_task(self._resolve(parts, message, topic))
+        if info.ack is not None:
+            info.ack.hold()  # not acknowledged before we know what to do with it
+        task = asyncio.get_running_loop().create_task(self._resolve(parts, message, topic, info))
         self._lookups.add(task)
         task.add_done_callback(self._lookups.discard)
 
-    async def _resolve(self, parts: protocol.DeviceTopic, message: protocol.Message, topic: str) -> None:
+    async def _resolve(
+        self, parts: protocol.DeviceTopic, message: protocol.Message, topic: str, info: MessageInfo
+    ) -> None:
+        try:
+            await self._resolve_and_record(parts, message, topic, info)
+        finally:
+            if info.ack is not None:
+                info.ack.release()
+
+    async def _resolve_and_record(
+        self, parts: protocol.DeviceTopic, message: protocol.Message, topic: str, info: MessageInfo
+    ) -> None:
         try:
             async with self.db.session() as session:
                 row = (
@@ -215,7 +233,7 @@ class DeviceRuntime:
             self._refuse_unknown(parts, message, topic)
             return
         self.metrics.accept(parts.suffix)
-        self._record(parts.device_id, device, message)
+        self._record(parts.device_id, device, message, info)
 
     def _reject(self, rejection: Rejection, topic: str, device_id: str | None) -> None:
         self.metrics.reject(rejection.reason)
@@ -228,7 +246,9 @@ class DeviceRuntime:
             rejection.detail,
         )
 
-    def _record(self, device_id: str, device: KnownDevice, message: protocol.Message) -> None:
+    def _record(
+        self, device_id: str, device: KnownDevice, message: protocol.Message, info: MessageInfo
+    ) -> None:
         pending = self._pending
         now = time.time()
         if isinstance(message, Heartbeat) and not message.online:
@@ -242,6 +262,15 @@ class DeviceRuntime:
         if isinstance(message, StateReport):
             pending.state.setdefault(device_id, {}).update(message.state)
             pending.state_ts[device_id] = message.ts or datetime.fromtimestamp(now, UTC)
+            if self.ingest is not None:
+                # Numeric keys become telemetry channels (bool is not a number).
+                numbers = {k: float(v) for k, v in message.state.items()
+                           if type(v) is int or (type(v) is float and math.isfinite(v))}
+                if numbers:
+                    self.ingest.submit(
+                        kind="device", station_id=device.station_id, source_id=device_id, values=numbers,
+                        ts_us=int(message.ts.timestamp() * 1_000_000) if message.ts else None, token=info.ack,
+                    )
         elif isinstance(message, DeviceEventMsg):
             if len(pending.events) >= MAX_PENDING_EVENTS:
                 pending.events.pop(0)
@@ -473,12 +502,14 @@ class DeviceRuntime:
     async def expire_commands(self) -> None:
         now = datetime.now(UTC)
         ack_cutoff = now - timedelta(seconds=self.settings.command_ack_timeout_seconds)
+        apply_cutoff = now - timedelta(seconds=self.settings.command_apply_timeout_seconds)
         async with self.db.session() as session:
             result = await session.execute(
                 update(Command)
                 .where(
                     ((Command.status == "queued") & (Command.expires_at < now))
                     | ((Command.status == "sent") & (Command.sent_at < ack_cutoff))
+                    | ((Command.status == "accepted") & (Command.acked_at < apply_cutoff))
                 )
                 .values(status="timeout", updated_at=now, error="no answer from the device in time")
                 .returning(Command.request_id, Command.device_id, Command.action)

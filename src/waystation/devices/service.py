@@ -66,11 +66,13 @@ def encode_cursor(*parts: str) -> str:
 
 def decode_cursor(cursor: str, count: int) -> list[str]:
     try:
-        parts = base64.urlsafe_b64decode(cursor.encode()).decode().split("\x1f")
+        raw = base64.urlsafe_b64decode(cursor.encode()).decode()
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("The cursor is not valid.") from exc
-    if len(parts) != count:
-        raise BadRequest("The cursor is not valid.")
+        raise BadRequest("The cursor is not valid; use the next_cursor of a previous page.") from exc
+    parts = raw.split("\x1f")
+    # A cursor is only valid if it is exactly what we hand out (base64 decoding skips junk characters).
+    if len(parts) != count or not all(parts) or encode_cursor(*parts) != cursor:
+        raise BadRequest("The cursor is not valid; use the next_cursor of a previous page.")
     return parts
 
 

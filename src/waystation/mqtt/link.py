@@ -1,10 +1,15 @@
-"""The station's single MQTT connection.
+"""The station's MQTT connection.
 
 paho-mqtt runs its own network thread (measured about twice as fast as an asyncio wrapper here, see
-DESIGN §7) and hands received messages to the asyncio loop through a bounded inbox: when the inbox is
-full the network thread waits, so the socket stops being read and the broker holds QoS 1 messages —
-back-pressure instead of unbounded memory. paho reconnects on its own with a capped backoff; every
-(re)connect re-subscribes all filters. A broker outage never touches the HTTP API.
+DESIGN §7) and hands received messages to the asyncio loop through a bounded inbox. When the inbox is
+full, or a consumer has paused the link, the network thread waits: the socket stops being read and
+the broker holds the QoS 1 messages. That is back-pressure instead of unbounded memory.
+
+With `manual_ack`, a QoS 1 message is acknowledged only when every handler that `hold()`s its
+`AckToken` has released it. The ingest pipeline releases after its batch is committed, so a crash
+before the commit means the broker redelivers (persistent session). paho reconnects by itself with a
+capped backoff, and every (re)connect re-subscribes all filters. A broker outage never touches the
+HTTP API.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from typing import Any
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from waystation.config import MqttEndpoint
-from waystation.mqtt.topics import Handler, MessageInfo, TopicRouter, validate_filter
+from waystation.mqtt.topics import AckToken, Handler, MessageInfo, TopicRouter, validate_filter
 
 log = logging.getLogger(__name__)
 
 ConnectionListener = Callable[[bool], None]
+DRAIN_CHUNK = 2000  # messages handled per loop turn, so HTTP requests interleave with a flood
 
 
 class MqttLink:
@@ -42,11 +50,15 @@ class MqttLink:
         keepalive: int = 30,
         persistent_session: bool = False,
         manual_ack: bool = False,
+        protocol: int = 5,
         inbox_size: int = 20_000,
+        receive_maximum: int = 10_000,
+        session_expiry: int = 7 * 24 * 3600,
     ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
         self.router = TopicRouter()
+        self.protocol = protocol
         self._filters: dict[str, int] = {}  # filter → qos, re-subscribed on every connect
         self._filter_refs: dict[str, int] = {}
         self._listeners: list[ConnectionListener] = []
@@ -55,6 +67,7 @@ class MqttLink:
         self._inbox_size = inbox_size
         self._inbox_space = threading.Condition()
         self._drain_scheduled = False
+        self._paused = False
         self._stopping = False
         self.connected = False
         self.last_error: str | None = None
@@ -62,14 +75,27 @@ class MqttLink:
         self.received = 0
         self.handler_errors = 0
         self.manual_ack = manual_ack
+        self._persistent = persistent_session
 
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=not persistent_session,
-            protocol=paho.MQTTv311,
-            manual_ack=manual_ack,
-        )
+        if protocol == 5:
+            self._client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, manual_ack=manual_ack
+            )
+            self._connect_props: Properties | None = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            # How many unacknowledged QoS 1 messages the broker may have in flight to us: acks come
+            # per committed batch, so this must comfortably exceed one batch.
+            self._connect_props.ReceiveMaximum = receive_maximum
+            if persistent_session:
+                self._connect_props.SessionExpiryInterval = session_expiry
+        else:
+            self._client = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                clean_session=not persistent_session,
+                protocol=paho.MQTTv311,
+                manual_ack=manual_ack,
+            )
+            self._connect_props = None
         user = username if username is not None else endpoint.username
         pwd = password if password is not None else endpoint.password
         if user:
@@ -77,7 +103,8 @@ class MqttLink:
         if endpoint.tls:
             self._client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self._client.max_inflight_messages_set(100)
+        self._client.max_inflight_messages_set(1000)
+        self._client.max_queued_messages_set(0)
         self._keepalive = keepalive
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -89,7 +116,16 @@ class MqttLink:
         """Begin connecting in the background; returns at once (the broker may still be down)."""
         self._loop = asyncio.get_running_loop()
         self._stopping = False
-        self._client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=self._keepalive)
+        if self.protocol == 5:
+            self._client.connect_async(
+                self.endpoint.host,
+                self.endpoint.port,
+                keepalive=self._keepalive,
+                clean_start=not self._persistent,
+                properties=self._connect_props,
+            )
+        else:
+            self._client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=self._keepalive)
         self._client.loop_start()
 
     async def stop(self) -> None:
@@ -110,6 +146,26 @@ class MqttLink:
 
     def add_connection_listener(self, listener: ConnectionListener) -> None:
         self._listeners.append(listener)
+
+    # --- back-pressure ------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop handing messages to handlers; the inbox fills, then the socket is no longer read."""
+        self._paused = True
+
+    def resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        with self._inbox_space:
+            schedule = bool(self._inbox) and not self._drain_scheduled
+            self._drain_scheduled = self._drain_scheduled or schedule
+        if schedule and self._loop is not None:
+            self._loop.call_soon(self._drain)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     # --- subscriptions -----------------------------------------------------------------------
 
@@ -149,8 +205,10 @@ class MqttLink:
         return self.publish(topic, orjson.dumps(data), qos=qos, retain=retain)
 
     def ack(self, mid: int, qos: int) -> None:
-        """Acknowledge a QoS>0 message received with manual acks (after its rows are committed)."""
-        if qos > 0:
+        """Acknowledge a QoS>0 message received with manual acks."""
+        if qos > 0 and self.connected:
+            # After a reconnect the broker redelivers unacknowledged messages under new ids; acking an
+            # old id on the new connection would be wrong, so stale acks are simply dropped then.
             self._client.ack(mid, qos)
 
     @property
@@ -168,9 +226,7 @@ class MqttLink:
             client.subscribe([(f, q) for f, q in self._filters.items()])
         self._call_in_loop(self._set_connected, True)
 
-    def _on_disconnect(
-        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
-    ) -> None:
+    def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if not self._stopping:
             self.last_error = f"disconnected: {reason}"
         self._call_in_loop(self._set_connected, False)
@@ -180,8 +236,9 @@ class MqttLink:
             while len(self._inbox) >= self._inbox_size and not self._stopping:
                 self._inbox_space.wait(0.5)  # back-pressure: stop reading the socket
             self._inbox.append(msg)
-            schedule = not self._drain_scheduled
-            self._drain_scheduled = True
+            schedule = not self._drain_scheduled and not self._paused
+            if schedule:
+                self._drain_scheduled = True
         if schedule:
             self._call_in_loop(self._drain)
 
@@ -213,20 +270,29 @@ class MqttLink:
                 log.exception("MQTT connection listener failed")
 
     def _drain(self) -> None:
-        # Take everything queued so far in one go; yield to the loop between big chunks.
         with self._inbox_space:
-            batch = list(self._inbox)
-            self._inbox.clear()
-            self._drain_scheduled = False
+            if self._paused:
+                self._drain_scheduled = False
+                return
+            take = min(len(self._inbox), DRAIN_CHUNK)
+            batch = [self._inbox.popleft() for _ in range(take)]
+            more = bool(self._inbox)
+            self._drain_scheduled = more
             self._inbox_space.notify_all()
+        if more and self._loop is not None:
+            self._loop.call_soon(self._drain)  # after other ready callbacks (HTTP, timers)
         self.received += len(batch)
+        manual = self.manual_ack
         for msg in batch:
+            token = AckToken(self.ack, msg.mid, msg.qos) if manual and msg.qos > 0 else None
             try:
                 topic = msg.topic
             except UnicodeDecodeError:
                 self.handler_errors += 1
+                if token is not None:
+                    token.release()
                 continue
-            info = MessageInfo(qos=msg.qos, retain=bool(msg.retain), mid=msg.mid, dup=bool(msg.dup))
+            info = MessageInfo(qos=msg.qos, retain=bool(msg.retain), mid=msg.mid, dup=bool(msg.dup), ack=token)
             for handler in self.router.handlers_for(topic):
                 try:
                     handler(topic, bytes(msg.payload), info)
@@ -234,3 +300,5 @@ class MqttLink:
                     # A handler bug must never stop the subscription; it is logged and counted.
                     self.handler_errors += 1
                     log.exception("MQTT handler failed for topic %s", topic)
+            if token is not None:
+                token.release()  # the link's own hold; acks now unless a handler still holds it

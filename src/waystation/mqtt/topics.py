@@ -12,12 +12,42 @@ from dataclasses import dataclass
 Handler = Callable[[str, bytes, "MessageInfo"], None]
 
 
+class AckToken:
+    """Acknowledges one QoS 1 message once every holder has released it.
+
+    The link holds it while handlers run; a handler that defers (the ingest pipeline, until its batch
+    is committed) calls `hold()` and later `release()`.
+    """
+
+    __slots__ = ("_ack", "_holds", "mid", "qos")
+
+    def __init__(self, ack: Callable[[int, int], None], mid: int, qos: int) -> None:
+        self._ack = ack
+        self.mid = mid
+        self.qos = qos
+        self._holds = 1
+
+    def hold(self) -> AckToken:
+        self._holds += 1
+        return self
+
+    def release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0:
+            self._ack(self.mid, self.qos)
+
+    @property
+    def pending(self) -> bool:
+        return self._holds > 0
+
+
 @dataclass(slots=True, frozen=True)
 class MessageInfo:
     qos: int
     retain: bool
     mid: int
     dup: bool = False
+    ack: AckToken | None = None
 
 
 def validate_filter(topic_filter: str) -> str:

@@ -1,0 +1,1 @@
+"""Telemetry: channels, datapoints, rollups, experiments, and the ingest hot path."""
