@@ -18,7 +18,7 @@ import orjson
 import uvicorn
 
 from waystation.app import AppOptions, create_app
-from waystation.broker.embedded import find_mosquitto
+from waystation.broker.embedded import find_mosquitto, run_as_user
 from waystation.config import Settings
 from waystation.context import AppContext
 
@@ -56,7 +56,7 @@ class Broker:
             raise RuntimeError("mosquitto is not installed (make test installs it)")
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"user {run_as_user()}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {self.workdir}/\nmax_queued_messages 100000\nmax_inflight_messages 1000\n"
             f"log_dest file {self.workdir}/mosquitto.log\n{self.extra_conf}"
         )

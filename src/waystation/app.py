@@ -39,6 +39,9 @@ from waystation.status.metrics import Metrics
 from waystation.status.router import probes as status_probes
 from waystation.status.router import router as status_router
 from waystation.telemetry.ingest import IngestPipeline
+from waystation.telemetry.retention import RetentionJob
+from waystation.telemetry.router import router as telemetry_router
+from waystation.telemetry.router import ws_router as telemetry_ws_router
 from waystation.web.pages import router as pages_router
 
 log = logging.getLogger(__name__)
@@ -134,6 +137,8 @@ def create_app(settings: Settings, options: AppOptions | None = None) -> FastAPI
             devices, ingest = ctx.devices, ctx.ingest
             tasks.append(asyncio.create_task(supervise("ingest", ingest.run), name="ingest"))
             tasks.append(asyncio.create_task(supervise("devices", devices.run), name="devices"))
+            ctx.retention = RetentionJob(settings, db)
+            tasks.append(asyncio.create_task(supervise("retention", ctx.retention.run), name="retention"))
             if options.demo:
                 from waystation.simulator.demo import run_demo_fleet
 
@@ -173,9 +178,18 @@ def create_app(settings: Settings, options: AppOptions | None = None) -> FastAPI
     app.state.metrics = Metrics()
     install_error_handlers(app)
     api = APIRouter(prefix="/api/v1")
-    for router in (auth_router, station_router, devices_router, realtime_router, status_router, audit_router):
+    for router in (
+        auth_router,
+        station_router,
+        devices_router,
+        telemetry_router,
+        realtime_router,
+        status_router,
+        audit_router,
+    ):
         api.include_router(router)
     app.include_router(api)
+    app.include_router(telemetry_ws_router)
     app.include_router(status_probes)
     app.include_router(pages_router)
     return app

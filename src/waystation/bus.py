@@ -93,6 +93,12 @@ class Subscription:
             self._wake.clear()
             await self._wake.wait()
 
+    def get_nowait(self) -> Event | Gap | None:
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            return Gap(dropped)
+        return self._queue.popleft() if self._queue else None
+
     def __aiter__(self) -> AsyncIterator[Event | Gap]:
         return self
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from waystation.devices.runtime import DeviceRuntime
     from waystation.mqtt.link import MqttLink
     from waystation.telemetry.ingest import IngestPipeline
+    from waystation.telemetry.retention import RetentionJob
 
 
 @dataclass
@@ -28,5 +29,6 @@ class AppContext:
     broker: EmbeddedBroker | None = None
     devices: DeviceRuntime | None = None
     ingest: IngestPipeline | None = None
+    retention: RetentionJob | None = None
     started_at: float = field(default_factory=time.time)
     default_station_id: str = ""

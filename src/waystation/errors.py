@@ -314,3 +314,31 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unknown(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(WaystationError("An unexpected error occurred."), request)
+
+
+# --- telemetry --------------------------------------------------------------------------------------
+
+
+class ChannelNotFound(NotFound):
+    code = "CHANNEL_NOT_FOUND"
+    title = "Channel not found"
+
+
+class InvalidTimeRange(Unprocessable):
+    code = "INVALID_TIME_RANGE"
+    title = "The time range is not valid"
+
+
+class ExperimentNotFound(NotFound):
+    code = "EXPERIMENT_NOT_FOUND"
+    title = "Experiment not found"
+
+
+class ExperimentRunning(Conflict):
+    code = "EXPERIMENT_RUNNING"
+    title = "An experiment is already running in this station"
+
+
+class ExperimentStopped(Conflict):
+    code = "EXPERIMENT_STOPPED"
+    title = "The experiment has already stopped"

@@ -22,6 +22,7 @@ from waystation.devices.schemas import (
 )
 from waystation.devices.types import type_to_dict
 from waystation.errors import ServiceUnavailable, Unprocessable
+from waystation.telemetry import service as telemetry_service
 
 router = APIRouter(tags=["devices"])
 
@@ -124,6 +125,7 @@ async def delete_device(
     rt = runtime(ctx)
     async with ctx.db.session() as session:
         device = await service.delete_device(session, device_id)
+        channel_ids = await telemetry_service.delete_channels_of(session, "device", device_id)
         audit.record(
             session,
             actor=principal.actor,
@@ -134,6 +136,9 @@ async def delete_device(
             station_id=device.station_id,
         )
         after_commit(session, lambda: rt.device_removed(device_id))
+        if ctx.ingest is not None:
+            ingest = ctx.ingest
+            after_commit(session, lambda: ingest.forget_channels(channel_ids))
     return Response(status_code=204)
 
 

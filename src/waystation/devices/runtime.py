@@ -264,12 +264,19 @@ class DeviceRuntime:
             pending.state_ts[device_id] = message.ts or datetime.fromtimestamp(now, UTC)
             if self.ingest is not None:
                 # Numeric keys become telemetry channels (bool is not a number).
-                numbers = {k: float(v) for k, v in message.state.items()
-                           if type(v) is int or (type(v) is float and math.isfinite(v))}
+                numbers = {
+                    k: float(v)
+                    for k, v in message.state.items()
+                    if type(v) is int or (type(v) is float and math.isfinite(v))
+                }
                 if numbers:
                     self.ingest.submit(
-                        kind="device", station_id=device.station_id, source_id=device_id, values=numbers,
-                        ts_us=int(message.ts.timestamp() * 1_000_000) if message.ts else None, token=info.ack,
+                        kind="device",
+                        station_id=device.station_id,
+                        source_id=device_id,
+                        values=numbers,
+                        ts_us=int(message.ts.timestamp() * 1_000_000) if message.ts else None,
+                        token=info.ack,
                     )
         elif isinstance(message, DeviceEventMsg):
             if len(pending.events) >= MAX_PENDING_EVENTS:

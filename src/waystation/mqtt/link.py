@@ -63,7 +63,8 @@ class MqttLink:
         self._filter_refs: dict[str, int] = {}
         self._listeners: list[ConnectionListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: deque[paho.MQTTMessage] = deque()
+        self._inbox: deque[tuple[paho.MQTTMessage, int]] = deque()
+        self._generation = 0  # bumped on every connect, in the network thread
         self._inbox_size = inbox_size
         self._inbox_space = threading.Condition()
         self._drain_scheduled = False
@@ -204,12 +205,15 @@ class MqttLink:
     def publish_json(self, topic: str, data: Any, qos: int = 1, retain: bool = False) -> bool:
         return self.publish(topic, orjson.dumps(data), qos=qos, retain=retain)
 
-    def ack(self, mid: int, qos: int) -> None:
+    def ack(self, mid: int, qos: int, generation: int | None = None) -> None:
         """Acknowledge a QoS>0 message received with manual acks."""
-        if qos > 0 and self.connected:
-            # After a reconnect the broker redelivers unacknowledged messages under new ids; acking an
-            # old id on the new connection would be wrong, so stale acks are simply dropped then.
-            self._client.ack(mid, qos)
+        if qos == 0 or not self.connected:
+            return
+        if generation is not None and generation != self._generation:
+            # Received on an earlier connection: the broker redelivers it on this one under a new id,
+            # and this old id may now name another message. Dropping the stale ack is the safe choice.
+            return
+        self._client.ack(mid, qos)
 
     @property
     def inbox_depth(self) -> int:
@@ -222,11 +226,14 @@ class MqttLink:
             self.last_error = f"broker refused the connection: {reason}"
             log.warning("MQTT %s: %s", self.endpoint.display(), self.last_error)
             return
+        self._generation += 1
         if self._filters:
             client.subscribe([(f, q) for f, q in self._filters.items()])
         self._call_in_loop(self._set_connected, True)
 
-    def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _on_disconnect(
+        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
         if not self._stopping:
             self.last_error = f"disconnected: {reason}"
         self._call_in_loop(self._set_connected, False)
@@ -235,7 +242,7 @@ class MqttLink:
         with self._inbox_space:
             while len(self._inbox) >= self._inbox_size and not self._stopping:
                 self._inbox_space.wait(0.5)  # back-pressure: stop reading the socket
-            self._inbox.append(msg)
+            self._inbox.append((msg, self._generation))
             schedule = not self._drain_scheduled and not self._paused
             if schedule:
                 self._drain_scheduled = True
@@ -281,10 +288,16 @@ class MqttLink:
             self._inbox_space.notify_all()
         if more and self._loop is not None:
             self._loop.call_soon(self._drain)  # after other ready callbacks (HTTP, timers)
-        self.received += len(batch)
         manual = self.manual_ack
-        for msg in batch:
-            token = AckToken(self.ack, msg.mid, msg.qos) if manual and msg.qos > 0 else None
+        for index, (msg, generation) in enumerate(batch):
+            if self._paused:
+                # A consumer asked for a pause while we were dispatching: keep the rest for later.
+                with self._inbox_space:
+                    self._inbox.extendleft(reversed(batch[index:]))
+                    self._drain_scheduled = False
+                break
+            self.received += 1
+            token = AckToken(self.ack, msg.mid, msg.qos, generation) if manual and msg.qos > 0 else None
             try:
                 topic = msg.topic
             except UnicodeDecodeError:
@@ -292,7 +305,9 @@ class MqttLink:
                 if token is not None:
                     token.release()
                 continue
-            info = MessageInfo(qos=msg.qos, retain=bool(msg.retain), mid=msg.mid, dup=bool(msg.dup), ack=token)
+            info = MessageInfo(
+                qos=msg.qos, retain=bool(msg.retain), mid=msg.mid, dup=bool(msg.dup), ack=token
+            )
             for handler in self.router.handlers_for(topic):
                 try:
                     handler(topic, bytes(msg.payload), info)

@@ -19,12 +19,13 @@ class AckToken:
     is committed) calls `hold()` and later `release()`.
     """
 
-    __slots__ = ("_ack", "_holds", "mid", "qos")
+    __slots__ = ("_ack", "_holds", "generation", "mid", "qos")
 
-    def __init__(self, ack: Callable[[int, int], None], mid: int, qos: int) -> None:
+    def __init__(self, ack: Callable[[int, int, int], None], mid: int, qos: int, generation: int = 0) -> None:
         self._ack = ack
         self.mid = mid
         self.qos = qos
+        self.generation = generation
         self._holds = 1
 
     def hold(self) -> AckToken:
@@ -34,7 +35,7 @@ class AckToken:
     def release(self) -> None:
         self._holds -= 1
         if self._holds == 0:
-            self._ack(self.mid, self.qos)
+            self._ack(self.mid, self.qos, self.generation)
 
     @property
     def pending(self) -> bool:

@@ -31,28 +31,47 @@ class Metrics:
             "waystation_mqtt_connected", "1 when the broker link is up", registry=self.registry
         )
         self.ingest_messages = Counter(
-            "waystation_ingest_messages_total", "Messages whose readings were committed", registry=self.registry)
+            "waystation_ingest_messages_total",
+            "Messages whose readings were committed",
+            registry=self.registry,
+        )
         self.ingest_rows = Counter(
-            "waystation_ingest_rows_total", "Datapoints committed", registry=self.registry)
+            "waystation_ingest_rows_total", "Datapoints committed", registry=self.registry
+        )
         self.ingest_duplicates = Counter(
-            "waystation_ingest_duplicate_rows_total", "Datapoints skipped as already stored (redeliveries)",
-            registry=self.registry)
+            "waystation_ingest_duplicate_rows_total",
+            "Datapoints skipped as already stored (redeliveries)",
+            registry=self.registry,
+        )
         self.ingest_write_failures = Counter(
-            "waystation_ingest_write_failures_total", "Failed batch writes (retried)", registry=self.registry)
+            "waystation_ingest_write_failures_total", "Failed batch writes (retried)", registry=self.registry
+        )
         self.ingest_pauses = Counter(
-            "waystation_ingest_pauses_total", "Times ingest paused the MQTT link (back-pressure)",
-            registry=self.registry)
+            "waystation_ingest_pauses_total",
+            "Times ingest paused the MQTT link (back-pressure)",
+            registry=self.registry,
+        )
         self.ingest_queue_rows = Gauge(
-            "waystation_ingest_queue_rows", "Datapoints waiting to be written", registry=self.registry)
+            "waystation_ingest_queue_rows", "Datapoints waiting to be written", registry=self.registry
+        )
         self.ingest_batch_rows = Histogram(
-            "waystation_ingest_batch_rows", "Datapoints per committed batch", registry=self.registry,
-            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000))
+            "waystation_ingest_batch_rows",
+            "Datapoints per committed batch",
+            registry=self.registry,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+        )
         self.ingest_commit_seconds = Histogram(
-            "waystation_ingest_commit_seconds", "Time to write and commit one batch", registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+            "waystation_ingest_commit_seconds",
+            "Time to write and commit one batch",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
         self.ingest_latency_seconds = Histogram(
-            "waystation_ingest_latency_seconds", "Message arrival to commit", registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5))
+            "waystation_ingest_latency_seconds",
+            "Message arrival to commit",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5),
+        )
         self.rejected: dict[str, int] = {}
         self.accepted: dict[str, int] = {}
 

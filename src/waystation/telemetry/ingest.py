@@ -37,8 +37,18 @@ from waystation.telemetry.models import Channel, Datapoint, Rollup1h, Rollup1m
 log = logging.getLogger(__name__)
 
 # Units for well-known keys; anything else is unitless until someone sets it.
-KNOWN_UNITS = {"temperature": "°C", "humidity": "%", "brightness": "%", "pressure": "hPa", "co2": "ppm",
-               "battery": "%", "voltage": "V", "current": "A", "power": "W", "energy": "kWh"}
+KNOWN_UNITS = {
+    "temperature": "°C",
+    "humidity": "%",
+    "brightness": "%",
+    "pressure": "hPa",
+    "co2": "ppm",
+    "battery": "%",
+    "voltage": "V",
+    "current": "A",
+    "power": "W",
+    "energy": "kWh",
+}
 
 Row = tuple[str, int, float]  # channel id, ts (epoch µs), value
 
@@ -141,6 +151,36 @@ class IngestPipeline:
             self.metrics.ingest_pauses.inc()
             self._pause()
 
+    async def write_items(
+        self,
+        items: list[tuple[str, float, datetime | None]],
+        device_stations: dict[str, str],
+        default_station: str,
+    ) -> int:
+        """Write (channel id, value, ts) items now, outside the queue (HTTP batch); returns rows stored."""
+        batch: list[Item] = []
+        now = time.monotonic()
+        for channel_id, value, ts in items:
+            kind, rest = channel_id.split(":", 1)
+            source_id, key = rest.split("/", 1)
+            station_id = (
+                device_stations.get(source_id, default_station) if kind == "device" else default_station
+            )
+            if channel_id not in self._channel_pks and channel_id not in self._new_channels:
+                self._new_channels[channel_id] = ChannelInfo(kind, station_id, source_id, key)
+                self._channel_station[channel_id] = station_id
+            if ts is None:
+                stamp = max(time.time_ns() // 1000, self._last_ts.get(channel_id, 0) + 1)
+                self._last_ts[channel_id] = stamp
+            else:
+                stamp = to_us(ts if ts.tzinfo else ts.replace(tzinfo=UTC))
+            batch.append(Item(station_id, [(channel_id, stamp, value)], None, now))
+        inserted, latest = await self._write(batch)
+        self.committed_rows += inserted
+        self.metrics.ingest_rows.inc(inserted)
+        self._publish(latest)
+        return inserted
+
     @property
     def queue_rows(self) -> int:
         return self._queued_rows
@@ -233,9 +273,14 @@ class IngestPipeline:
             pks = self._channel_pks
             active = self.active_experiments
             params = [
-                {"channel_pk": pks[cid], "ts": ts, "value": value,
-                 "experiment_id": active.get(item.station_id) if item.station_id else None}
-                for item in items for cid, ts, value in item.rows
+                {
+                    "channel_pk": pks[cid],
+                    "ts": ts,
+                    "value": value,
+                    "experiment_id": active.get(item.station_id) if item.station_id else None,
+                }
+                for item in items
+                for cid, ts, value in item.rows
             ]
             inserted = await insert_datapoints(session, params)
             await upsert_rollups(session, inserted)
@@ -249,9 +294,17 @@ class IngestPipeline:
         if not missing:
             return
         new = [
-            {"id": cid, "kind": info.kind, "station_id": info.station_id, "source_id": info.source_id,
-             "key": info.key, "unit": KNOWN_UNITS.get(info.key), "created_at": datetime.now(UTC)}
-            for cid in missing if (info := self._new_channels.get(cid)) is not None
+            {
+                "id": cid,
+                "kind": info.kind,
+                "station_id": info.station_id,
+                "source_id": info.source_id,
+                "key": info.key,
+                "unit": KNOWN_UNITS.get(info.key),
+                "created_at": datetime.now(UTC),
+            }
+            for cid in missing
+            if (info := self._new_channels.get(cid)) is not None
         ]
         if new:
             await session.execute(dialect_insert(session, Channel).on_conflict_do_nothing(), new)
@@ -270,7 +323,8 @@ class IngestPipeline:
 
         async with self.db.session() as session:
             rows = await session.execute(
-                select(Channel.id, Channel.pk, Channel.station_id, Channel.last_ts, Channel.last_value))
+                select(Channel.id, Channel.pk, Channel.station_id, Channel.last_ts, Channel.last_value)
+            )
             for cid, pk, station_id, last_ts, last_value in rows:
                 self._remember(cid, pk)
                 self._channel_station[cid] = station_id
@@ -278,7 +332,8 @@ class IngestPipeline:
                     self.latest[cid] = (last_ts, last_value)
                     self._last_ts[cid] = last_ts
             running = await session.execute(
-                select(Experiment.station_id, Experiment.id).where(Experiment.stopped_at.is_(None)))
+                select(Experiment.station_id, Experiment.id).where(Experiment.stopped_at.is_(None))
+            )
             self.active_experiments = {sid: eid for sid, eid in running}
 
     def forget_channels(self, channel_ids: Iterable[str]) -> None:
@@ -299,7 +354,8 @@ class IngestPipeline:
             if known is None or known[0] <= ts:
                 self.latest[cid] = (ts, value)
             by_station.setdefault(self._channel_station.get(cid), []).append(
-                {"channel": cid, "ts": from_us(ts).isoformat(), "value": value})
+                {"channel": cid, "ts": from_us(ts).isoformat(), "value": value}
+            )
         for station_id, items in by_station.items():
             self.bus.emit("telemetry.batch", {"count": len(items), "items": items}, station_id)
 
@@ -322,8 +378,11 @@ async def insert_datapoints(
     if not params:
         return []
     table = Datapoint.__table__
-    stmt = dialect_insert(session, Datapoint).on_conflict_do_nothing().returning(
-        table.c.channel_pk, table.c.ts, table.c.value)
+    stmt = (
+        dialect_insert(session, Datapoint)
+        .on_conflict_do_nothing()
+        .returning(table.c.channel_pk, table.c.ts, table.c.value)
+    )
     result = await session.execute(stmt, params)
     return [(row[0], row[1], row[2]) for row in result.all()]
 
@@ -343,8 +402,10 @@ def _bucketize(rows: list[tuple[int, int, float]], seconds: int) -> list[dict[st
                 cur[1] = value
             cur[2] += value
             cur[3] += 1
-    return [{"channel_pk": pk, "bucket": bucket, "min": a[0], "max": a[1], "sum": a[2], "count": int(a[3])}
-            for (pk, bucket), a in agg.items()]
+    return [
+        {"channel_pk": pk, "bucket": bucket, "min": a[0], "max": a[1], "sum": a[2], "count": int(a[3])}
+        for (pk, bucket), a in agg.items()
+    ]
 
 
 async def upsert_rollups(session: AsyncSession, rows: list[tuple[int, int, float]]) -> None:
@@ -382,8 +443,10 @@ async def update_latest(session: AsyncSession, latest: dict[int, tuple[int, floa
     table = cast(Table, Channel.__table__)
     stmt = (
         update(table)
-        .where(table.c.pk == bindparam("b_pk"),
-               or_(table.c.last_ts.is_(None), table.c.last_ts < bindparam("b_ts")))
+        .where(
+            table.c.pk == bindparam("b_pk"),
+            or_(table.c.last_ts.is_(None), table.c.last_ts < bindparam("b_ts")),
+        )
         .values(last_value=bindparam("b_value"), last_ts=bindparam("b_ts"))
     )
     await session.execute(stmt, [{"b_pk": pk, "b_ts": ts, "b_value": v} for pk, (ts, v) in latest.items()])
