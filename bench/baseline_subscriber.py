@@ -1,10 +1,13 @@
 """Baseline for bench/devices.py: a bare paho-mqtt subscriber on `station/#` that only counts messages.
 
-It subscribes the way the station does (QoS 1, clean session, MQTT 3.1.1) and does nothing with the
+It subscribes at QoS 1 like the station (but MQTT 3.1.1, clean session and paho's automatic acks, where
+the station uses MQTT 5, a persistent session and acks after the commit) and does nothing with the
 messages, so its CPU and RSS are the floor that merely receiving the fleet's traffic costs in Python.
-Prints `received <count> <unix time>` once a second on stdout.
+Prints `subscribed <unix time>` when the broker has granted the subscription, then
+`received <count> <unix time>` every INTERVAL seconds (default 1) on stdout. bench/ingest.py uses it
+with a short interval as the baseline rate for the ingest benchmark.
 
-    python bench/baseline_subscriber.py HOST PORT
+    python bench/baseline_subscriber.py HOST PORT [INTERVAL]
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ received = 0
 
 def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
+    interval = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
 
     def on_connect(client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         client.subscribe("station/#", qos=1)
+
+    def on_subscribe(_c: paho.Client, _u: object, _mid: object, _codes: object, _p: object) -> None:
+        print(f"subscribed {time.time():.3f}", flush=True)
 
     def on_message(_c: paho.Client, _u: object, _m: paho.MQTTMessage) -> None:
         global received
@@ -31,7 +38,7 @@ def main() -> None:
 
     def report() -> None:
         while True:
-            time.sleep(1.0)
+            time.sleep(interval)
             print(f"received {received} {time.time():.3f}", flush=True)
 
     client = paho.Client(
@@ -42,6 +49,7 @@ def main() -> None:
     )
     client.on_connect = on_connect
     client.on_message = on_message
+    client.on_subscribe = on_subscribe
     client.connect(host, port, keepalive=30)
     threading.Thread(target=report, daemon=True).start()
     client.loop_forever()

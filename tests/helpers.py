@@ -273,3 +273,50 @@ class DeviceClient:
         if sock is not None:
             sock.close()
         self._client = None
+
+
+class HttpReceiver:
+    """A real HTTP endpoint on a free loopback port that records POSTs and answers a chosen status."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.status = 200
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        status = self.status
+        if 200 <= status < 300:
+            self.received.append((headers, body))
+        await send(
+            {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]}
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def start(self) -> None:
+        config = uvicorn.Config(
+            self._app, host="127.0.0.1", port=self.port, log_config=None, lifespan="off", interface="asgi3"
+        )
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._task = asyncio.create_task(self._server.serve())
+        await wait_for(lambda: self._server is not None and self._server.started, message="receiver start")
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 10)
+        self._server, self._task = None, None

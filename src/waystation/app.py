@@ -31,8 +31,11 @@ from waystation.devices.router import router as devices_router
 from waystation.devices.runtime import DeviceRuntime
 from waystation.devices.types import seed_device_types
 from waystation.errors import install_error_handlers
+from waystation.flows.registry import FlowRegistry
+from waystation.flows.router import router as flows_router
 from waystation.mqtt.link import MqttLink
 from waystation.realtime.router import router as realtime_router
+from waystation.secrets_box import SecretBox
 from waystation.station import service as station_service
 from waystation.station.router import router as station_router
 from waystation.status.metrics import Metrics
@@ -43,6 +46,7 @@ from waystation.telemetry.retention import RetentionJob
 from waystation.telemetry.router import router as telemetry_router
 from waystation.telemetry.router import ws_router as telemetry_ws_router
 from waystation.web.pages import router as pages_router
+from waystation.webhooks.delivery import DeliveryDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +141,12 @@ def create_app(settings: Settings, options: AppOptions | None = None) -> FastAPI
             devices, ingest = ctx.devices, ctx.ingest
             tasks.append(asyncio.create_task(supervise("ingest", ingest.run), name="ingest"))
             tasks.append(asyncio.create_task(supervise("devices", devices.run), name="devices"))
+            ctx.deliveries = DeliveryDispatcher(settings, db, bus)
+            tasks.append(asyncio.create_task(supervise("deliveries", ctx.deliveries.run), name="deliveries"))
+            ctx.flows = FlowRegistry(
+                settings, db, bus, link, ingest, ctx.deliveries, SecretBox(settings.data_dir)
+            )
+            tasks.append(asyncio.create_task(supervise("flows", ctx.flows.run), name="flows"))
             ctx.retention = RetentionJob(settings, db)
             tasks.append(asyncio.create_task(supervise("retention", ctx.retention.run), name="retention"))
             if options.demo:
@@ -183,6 +193,7 @@ def create_app(settings: Settings, options: AppOptions | None = None) -> FastAPI
         station_router,
         devices_router,
         telemetry_router,
+        flows_router,
         realtime_router,
         status_router,
         audit_router,

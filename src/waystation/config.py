@@ -93,6 +93,14 @@ class Settings(BaseSettings):
     retention_batch_rows: int = 5000
     command_apply_timeout_seconds: float = 600.0
 
+    # Flows and outgoing deliveries
+    flows_reload_interval_seconds: float = 30.0
+    flow_batch_ms: int = 100
+    delivery_timeout_seconds: float = 10.0
+    delivery_poll_seconds: float = 1.0
+    delivery_backoff_base_seconds: float = 5.0
+    delivery_max_attempts: int = Field(default=6, ge=1, le=50)
+
     # Auth
     access_token_minutes: int = 15
     refresh_token_days: int = 30

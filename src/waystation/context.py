@@ -14,9 +14,11 @@ from waystation.db import Database
 if TYPE_CHECKING:
     from waystation.broker.embedded import EmbeddedBroker
     from waystation.devices.runtime import DeviceRuntime
+    from waystation.flows.registry import FlowRegistry
     from waystation.mqtt.link import MqttLink
     from waystation.telemetry.ingest import IngestPipeline
     from waystation.telemetry.retention import RetentionJob
+    from waystation.webhooks.delivery import DeliveryDispatcher
 
 
 @dataclass
@@ -30,5 +32,7 @@ class AppContext:
     devices: DeviceRuntime | None = None
     ingest: IngestPipeline | None = None
     retention: RetentionJob | None = None
+    deliveries: DeliveryDispatcher | None = None
+    flows: FlowRegistry | None = None
     started_at: float = field(default_factory=time.time)
     default_station_id: str = ""

@@ -342,3 +342,36 @@ class ExperimentRunning(Conflict):
 class ExperimentStopped(Conflict):
     code = "EXPERIMENT_STOPPED"
     title = "The experiment has already stopped"
+
+
+# --- flows --------------------------------------------------------------------------------------------
+
+
+class FlowNotFound(NotFound):
+    code = "FLOW_NOT_FOUND"
+    title = "Flow not found"
+
+
+class FlowExists(Conflict):
+    code = "FLOW_EXISTS"
+    title = "A flow with this code already exists"
+
+
+class FlowInvalid(Unprocessable):
+    code = "FLOW_INVALID"
+    title = "The flow definition is not valid"
+
+
+class MqttServerNotFound(NotFound):
+    code = "MQTT_SERVER_NOT_FOUND"
+    title = "MQTT server not found"
+
+
+class MqttServerExists(Conflict):
+    code = "MQTT_SERVER_EXISTS"
+    title = "An MQTT server with this name already exists"
+
+
+class MqttServerInUse(Conflict):
+    code = "MQTT_SERVER_IN_USE"
+    title = "Flows still use this MQTT server"

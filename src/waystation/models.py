@@ -4,19 +4,26 @@ from waystation.audit.models import AuditEntry
 from waystation.auth.models import RefreshToken, User
 from waystation.db import Base
 from waystation.devices.models import Command, Device, DeviceEvent, DeviceType
+from waystation.flows.models import DataRecord, Flow, MqttServer
 from waystation.station.models import Setting, Station
 from waystation.telemetry.models import Channel, Datapoint, Experiment, Rollup1h, Rollup1m
+from waystation.webhooks.models import Delivery, DeliveryAttempt
 
 __all__ = [
     "AuditEntry",
     "Base",
     "Channel",
     "Command",
+    "DataRecord",
     "Datapoint",
+    "Delivery",
+    "DeliveryAttempt",
     "Device",
     "DeviceEvent",
     "DeviceType",
     "Experiment",
+    "Flow",
+    "MqttServer",
     "RefreshToken",
     "Rollup1h",
     "Rollup1m",

@@ -31,9 +31,10 @@ class Publisher:
     def __init__(self, port: int, station_id: str, device_id: str, count: int, rate: float) -> None:
         self.topic = f"station/{station_id}/device/{device_id}/state"
         self.count, self.rate = count, rate
-        self.acked: set[int] = set()  # message numbers the broker acknowledged
-        self._mids: dict[int, int] = {}
-        self._lock = threading.Lock()
+        # No lock of our own: paho calls on_publish holding its internal lock, and taking ours there
+        # while the publishing thread holds ours and waits for paho's would deadlock.
+        self._acked_mids: set[int] = set()
+        self._sent: list[tuple[int, int]] = []  # (mid, message number); mids stay unique below 65,536
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=f"pub-{device_id}", clean_session=False
         )
@@ -47,17 +48,19 @@ class Publisher:
         self.published = 0
 
     def _on_publish(self, client, userdata, mid, reason, props) -> None:
-        with self._lock:
-            n = self._mids.pop(mid, None)
-            if n is not None:
-                self.acked.add(n)
+        self._acked_mids.add(mid)
+
+    @property
+    def acked(self) -> set[int]:
+        """Message numbers the broker acknowledged."""
+        acked = set(self._acked_mids)
+        return {n for mid, n in list(self._sent) if mid in acked}
 
     def _run(self) -> None:
         for n in range(self.count):
             payload = orjson.dumps({"state": {"a": n, "b": n * 0.5}, "ts": 1_795_000_000_000 + n})
-            with self._lock:
-                info = self.client.publish(self.topic, payload, qos=1)
-                self._mids[info.mid] = n
+            info = self.client.publish(self.topic, payload, qos=1)
+            self._sent.append((info.mid, n))
             self.published = n + 1
             time.sleep(1.0 / self.rate)
 
@@ -67,7 +70,7 @@ class Publisher:
     def stop(self) -> None:
         self.thread.join(60)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(self.acked) < self.count:
+        while time.monotonic() < deadline and len(self._acked_mids) < self.count:
             time.sleep(0.1)
         self.client.loop_stop()
         self.client.disconnect()

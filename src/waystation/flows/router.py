@@ -1,0 +1,213 @@
+"""HTTP routes for flows and MQTT servers (admin only; PROTOCOLS §4, §12)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from waystation.audit import service as audit
+from waystation.auth.deps import client_ip, get_ctx, require
+from waystation.auth.roles import Principal
+from waystation.context import AppContext
+from waystation.flows import service
+from waystation.flows.schemas import (
+    FlowCreate,
+    FlowOut,
+    FlowUpdate,
+    MqttServerCreate,
+    MqttServerOut,
+    MqttServerUpdate,
+)
+from waystation.secrets_box import SecretBox
+
+router = APIRouter(tags=["flows"])
+
+
+def _box(ctx: AppContext) -> SecretBox:
+    return SecretBox(ctx.settings.data_dir)
+
+
+@router.get("/flows")
+async def list_flows(
+    _: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx)
+) -> dict[str, list[FlowOut]]:
+    async with ctx.db.session() as session:
+        return {"items": [service.flow_out(f) for f in await service.list_flows(session)]}
+
+
+@router.post("/flows", response_model=FlowOut, status_code=201)
+async def create_flow(
+    body: FlowCreate,
+    request: Request,
+    principal: Principal = Depends(require("admin")),
+    ctx: AppContext = Depends(get_ctx),
+) -> FlowOut:
+    async with ctx.db.session() as session:
+        flow = await service.create_flow(session, body, ctx.default_station_id)
+        audit.record(
+            session,
+            actor=principal.actor,
+            action="flow.create",
+            target=f"flow:{flow.code}",
+            summary=f"{flow.action} on {flow.topic}",
+            ip=client_ip(request),
+            station_id=flow.station_id,
+        )
+        return service.flow_out(flow)
+
+
+@router.get("/flows/{code}", response_model=FlowOut)
+async def get_flow(
+    code: str, _: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx)
+) -> FlowOut:
+    async with ctx.db.session() as session:
+        return service.flow_out(await service.get_flow(session, code))
+
+
+@router.patch("/flows/{code}", response_model=FlowOut)
+async def update_flow(
+    code: str,
+    body: FlowUpdate,
+    request: Request,
+    principal: Principal = Depends(require("admin")),
+    ctx: AppContext = Depends(get_ctx),
+) -> FlowOut:
+    async with ctx.db.session() as session:
+        flow = await service.update_flow(session, code, body)
+        audit.record(
+            session,
+            actor=principal.actor,
+            action="flow.update",
+            target=f"flow:{code}",
+            summary=f"changed {', '.join(sorted(body.model_fields_set)) or 'nothing'}",
+            ip=client_ip(request),
+            station_id=flow.station_id,
+        )
+        return service.flow_out(flow)
+
+
+@router.delete("/flows/{code}", status_code=204)
+async def delete_flow(
+    code: str,
+    request: Request,
+    principal: Principal = Depends(require("admin")),
+    ctx: AppContext = Depends(get_ctx),
+) -> Response:
+    async with ctx.db.session() as session:
+        flow = await service.delete_flow(session, code)
+        audit.record(
+            session,
+            actor=principal.actor,
+            action="flow.delete",
+            target=f"flow:{code}",
+            summary="deleted",
+            ip=client_ip(request),
+            station_id=flow.station_id,
+        )
+    return Response(status_code=204)
+
+
+@router.get("/flows/{code}/records")
+async def flow_records(
+    code: str,
+    limit: int = Query(default=100, ge=1, le=1000),
+    _: Principal = Depends(require("admin")),
+    ctx: AppContext = Depends(get_ctx),
+) -> dict[str, Any]:
+    async with ctx.db.session() as session:
+        flow = await service.get_flow(session, code)
+        return {"items": await service.list_records(session, flow, limit)}
+
+
+@router.get("/flows/{code}/deliveries")
+async def flow_deliveries(
+    code: str,
+    limit: int = Query(default=100, ge=1, le=1000),
+    _: Principal = Depends(require("admin")),
+    ctx: AppContext = Depends(get_ctx),
+) -> dict[str, Any]:
+    async with ctx.db.session() as session:
+        await service.get_flow(session, code)
+        return {"items": await service.list_deliveries(session, "flow", code, limit)}
+
+
+# --- MQTT servers -------------------------------------------------------------------------------------
+
+
+@router.get("/mqtt-servers")
+async def list_servers(
+    _: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx)
+) -> dict[str, list[MqttServerOut]]:
+    async with ctx.db.session() as session:
+        return {"items": [service.server_out(s) for s in await service.list_servers(session)]}
+
+
+@router.post("/mqtt-servers", response_model=MqttServerOut, status_code=201)
+async def create_server(
+    body: MqttServerCreate,
+    request: Request,
+    principal: Principal = Depends(require("admin")),
+    ctx: AppContext = Depends(get_ctx),
+) -> MqttServerOut:
+    async with ctx.db.session() as session:
+        server = await service.create_server(session, body, _box(ctx))
+        audit.record(
+            session,
+            actor=principal.actor,
+            action="mqtt_server.create",
+            target=f"mqtt_server:{server.id}",
+            summary=f"{server.name} at {server.host}:{server.port}",
+            ip=client_ip(request),
+        )
+        return service.server_out(server)
+
+
+@router.get("/mqtt-servers/{server_id}", response_model=MqttServerOut)
+async def get_server(
+    server_id: int, _: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx)
+) -> MqttServerOut:
+    async with ctx.db.session() as session:
+        return service.server_out(await service.get_server(session, server_id))
+
+
+@router.patch("/mqtt-servers/{server_id}", response_model=MqttServerOut)
+async def update_server(
+    server_id: int,
+    body: MqttServerUpdate,
+    request: Request,
+    principal: Principal = Depends(require("admin")),
+    ctx: AppContext = Depends(get_ctx),
+) -> MqttServerOut:
+    async with ctx.db.session() as session:
+        server = await service.update_server(session, server_id, body, _box(ctx))
+        changed = sorted(body.model_fields_set)
+        audit.record(
+            session,
+            actor=principal.actor,
+            action="mqtt_server.update",
+            target=f"mqtt_server:{server_id}",
+            summary=f"changed {', '.join(changed) or 'nothing'}",
+            ip=client_ip(request),
+        )
+        return service.server_out(server)
+
+
+@router.delete("/mqtt-servers/{server_id}", status_code=204)
+async def delete_server(
+    server_id: int,
+    request: Request,
+    principal: Principal = Depends(require("admin")),
+    ctx: AppContext = Depends(get_ctx),
+) -> Response:
+    async with ctx.db.session() as session:
+        await service.delete_server(session, server_id)
+        audit.record(
+            session,
+            actor=principal.actor,
+            action="mqtt_server.delete",
+            target=f"mqtt_server:{server_id}",
+            summary="deleted",
+            ip=client_ip(request),
+        )
+    return Response(status_code=204)

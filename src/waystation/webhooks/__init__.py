@@ -1,0 +1,1 @@
+"""Outgoing HTTP: durable deliveries (flow endpoints now, webhooks later) with retries and dead-letter."""
