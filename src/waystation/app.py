@@ -22,6 +22,7 @@ from waystation.audit.router import router as audit_router
 from waystation.auth import service as auth_service
 from waystation.auth.router import router as auth_router
 from waystation.auth.tokens import TokenSigner, load_or_create_key
+from waystation.auth.tokens_router import router as tokens_router
 from waystation.broker.embedded import EmbeddedBroker
 from waystation.bus import Bus
 from waystation.config import Settings
@@ -190,6 +191,7 @@ def create_app(settings: Settings, options: AppOptions | None = None) -> FastAPI
     api = APIRouter(prefix="/api/v1")
     for router in (
         auth_router,
+        tokens_router,
         station_router,
         devices_router,
         telemetry_router,

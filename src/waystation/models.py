@@ -1,7 +1,7 @@
 """Imports every slice's tables so `Base.metadata` is complete (Alembic and tests use it)."""
 
 from waystation.audit.models import AuditEntry
-from waystation.auth.models import RefreshToken, User
+from waystation.auth.models import ApiToken, RefreshToken, User
 from waystation.db import Base
 from waystation.devices.models import Command, Device, DeviceEvent, DeviceType
 from waystation.flows.models import DataRecord, Flow, MqttServer
@@ -10,6 +10,7 @@ from waystation.telemetry.models import Channel, Datapoint, Experiment, Rollup1h
 from waystation.webhooks.models import Delivery, DeliveryAttempt
 
 __all__ = [
+    "ApiToken",
     "AuditEntry",
     "Base",
     "Channel",

@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import Depends, Request
+from sqlalchemy import select
 
-from waystation.auth.roles import Principal, role_at_least
+from waystation.auth.roles import Principal, role_at_least, role_for_scopes
+from waystation.auth.security import sha256_hex
+from waystation.auth.tokens_service import API_TOKEN_PREFIX, authenticate_token
 from waystation.context import AppContext
+from waystation.devices.models import Device
 from waystation.errors import InsufficientRole, TokenInvalid
 
 
@@ -27,7 +31,21 @@ def bearer_token(request: Request) -> str | None:
 async def current_principal(request: Request, ctx: AppContext = Depends(get_ctx)) -> Principal:
     token = bearer_token(request)
     if token is None:
-        raise TokenInvalid("Send `Authorization: Bearer <access token>`.")
+        raise TokenInvalid("Send `Authorization: Bearer <access token or API token>`.")
+    if token.startswith(API_TOKEN_PREFIX):
+        async with ctx.db.session() as session:
+            row = await authenticate_token(session, token)
+            role = role_for_scopes(row.scopes)
+            if role is None:
+                raise InsufficientRole("This token's scopes do not allow the REST API.")
+            return Principal(
+                kind="token",
+                id=row.id,
+                name=row.name,
+                role=role,
+                scopes=tuple(row.scopes),
+                station_id=row.station_id,
+            )
     claims = ctx.signer.verify(token)
     try:
         user_id = int(claims.sub)
@@ -45,6 +63,33 @@ def require(role: str) -> Callable[..., Awaitable[Principal]]:
         return principal
 
     return _dependency
+
+
+async def device_principal(request: Request, ctx: AppContext) -> Principal | None:
+    """The device named by `X-Device-Token` (or `Device-Token`), if that header is present."""
+    token = request.headers.get("x-device-token") or request.headers.get("device-token")
+    if not token:
+        return None
+    async with ctx.db.session() as session:
+        row = (
+            await session.execute(
+                select(Device.id, Device.station_id).where(Device.token_hash == sha256_hex(token))
+            )
+        ).first()
+    if row is None:
+        raise TokenInvalid("The device token is unknown.")
+    return Principal(kind="device", id=row.id, name=row.id, role="device", station_id=row.station_id)
+
+
+async def telemetry_writer(request: Request, ctx: AppContext = Depends(get_ctx)) -> Principal:
+    """A device with its own token, or a user or API token allowed to write (member and up)."""
+    device = await device_principal(request, ctx)
+    if device is not None:
+        return device
+    principal = await current_principal(request, ctx)
+    if not role_at_least(principal.role, "member"):
+        raise InsufficientRole(f"This needs the member role or higher; you are {principal.role}.")
+    return principal
 
 
 def client_ip(request: Request) -> str | None:

@@ -80,6 +80,10 @@ async def logout(
     principal: Principal = Depends(current_principal),
     ctx: AppContext = Depends(get_ctx),
 ) -> Response:
+    if principal.kind != "user" or not isinstance(principal.id, int):
+        raise InsufficientRole(
+            "Only a user session can log out; revoke API tokens with DELETE /api/v1/tokens/{id}."
+        )
     async with ctx.db.session() as session:
         await service.logout(session, principal.id, body.refresh_token if body else None)
         audit.record(
@@ -97,6 +101,8 @@ async def logout(
 async def me(
     principal: Principal = Depends(current_principal), ctx: AppContext = Depends(get_ctx)
 ) -> UserOut:
+    if principal.kind != "user":
+        raise InsufficientRole("GET /auth/me is for user sessions; this caller is an API token.")
     async with ctx.db.session() as session:
         user = await session.get(User, principal.id)
         if user is None:

@@ -35,6 +35,8 @@ class Device(Base):
     status: Mapped[str] = mapped_column(String(16), default="unknown")
     last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     state: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # SHA-256 of the device's HTTP token (`X-Device-Token`); the token itself is shown once.
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -16,7 +16,9 @@ from waystation.devices.runtime import DeviceRuntime
 from waystation.devices.schemas import (
     CommandOut,
     DeviceCreate,
+    DeviceCreated,
     DeviceOut,
+    DeviceTokenOut,
     DeviceTypeOut,
     DeviceUpdate,
 )
@@ -61,16 +63,17 @@ async def list_devices(
         }
 
 
-@router.post("/devices", response_model=DeviceOut, status_code=201)
+@router.post("/devices", response_model=DeviceCreated, status_code=201)
 async def create_device(
     body: DeviceCreate,
     request: Request,
     principal: Principal = Depends(require("admin")),
     ctx: AppContext = Depends(get_ctx),
-) -> DeviceOut:
+) -> DeviceCreated:
     rt = runtime(ctx)
     async with ctx.db.session() as session:
         device = await service.create_device(session, body, ctx.default_station_id)
+        token = service.issue_device_token(device)
         audit.record(
             session,
             actor=principal.actor,
@@ -82,7 +85,30 @@ async def create_device(
         )
         device_id, station_id, type_id = device.id, device.station_id, device.type
         after_commit(session, lambda: rt.device_added(device_id, station_id, type_id))
-        return service.device_out(device)
+        return DeviceCreated(**service.device_out(device).model_dump(), device_token=token)
+
+
+@router.post("/devices/{device_id}/token", response_model=DeviceTokenOut)
+async def rotate_device_token(
+    device_id: str,
+    request: Request,
+    principal: Principal = Depends(require("admin")),
+    ctx: AppContext = Depends(get_ctx),
+) -> DeviceTokenOut:
+    """Issue a new `X-Device-Token` for the device; the old one stops working at once."""
+    async with ctx.db.session() as session:
+        device = await service.get_device(session, device_id)
+        token = service.issue_device_token(device)
+        audit.record(
+            session,
+            actor=principal.actor,
+            action="device.token_rotate",
+            target=f"device:{device_id}",
+            summary="device token rotated",
+            ip=client_ip(request),
+            station_id=device.station_id,
+        )
+    return DeviceTokenOut(device_id=device_id, device_token=token)
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut)

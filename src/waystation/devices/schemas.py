@@ -40,6 +40,15 @@ class DeviceOut(BaseModel):
     created_at: datetime
 
 
+class DeviceCreated(DeviceOut):
+    device_token: str  # for `X-Device-Token`; shown once
+
+
+class DeviceTokenOut(BaseModel):
+    device_id: str
+    device_token: str
+
+
 class CommandOut(BaseModel):
     request_id: str
     device_id: str

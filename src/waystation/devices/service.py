@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from waystation.auth.security import new_secret, sha256_hex
 from waystation.db import emit
 from waystation.devices.models import Command, Device, DeviceEvent, DeviceType
 from waystation.devices.schemas import CommandOut, DeviceCreate, DeviceOut, DeviceUpdate, EventOut
@@ -123,6 +124,16 @@ async def list_devices(
     rows = list((await session.scalars(query)).all())
     next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     return rows[:limit], next_cursor
+
+
+DEVICE_TOKEN_PREFIX = "wsd_"
+
+
+def issue_device_token(device: Device) -> str:
+    """A new HTTP token for the device (`X-Device-Token`); only its hash is kept."""
+    token = new_secret(DEVICE_TOKEN_PREFIX)
+    device.token_hash = sha256_hex(token)
+    return token
 
 
 async def create_device(session: AsyncSession, body: DeviceCreate, default_station_id: str) -> Device:

@@ -13,12 +13,12 @@ from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisc
 from fastapi.responses import StreamingResponse
 
 from waystation.audit import service as audit
-from waystation.auth.deps import client_ip, get_ctx, require
+from waystation.auth.deps import client_ip, get_ctx, require, telemetry_writer
 from waystation.auth.roles import Principal, role_at_least
 from waystation.bus import TypeFilter
 from waystation.context import AppContext
 from waystation.devices import service as devices_service
-from waystation.errors import ServiceUnavailable, TokenInvalid, WaystationError
+from waystation.errors import InsufficientRole, ServiceUnavailable, TokenInvalid, WaystationError
 from waystation.telemetry import service
 from waystation.telemetry.ingest import IngestPipeline
 from waystation.telemetry.schemas import (
@@ -129,11 +129,18 @@ async def latest(
 async def post_batch(
     body: BatchRequest,
     request: Request,
-    principal: Principal = Depends(require("member")),
+    principal: Principal = Depends(telemetry_writer),
     ctx: AppContext = Depends(get_ctx),
 ) -> BatchResult:
-    """The same items as the controller WebSocket, over HTTP (at most 500 per call)."""
+    """The same items as the controller WebSocket, over HTTP (at most 500 per call).
+
+    Callers: a device with its `X-Device-Token` (only its own `device:{id}/…` channels), an API token with
+    `api:write`, or a user with the member role or higher."""
     ingest = pipeline(ctx)
+    if principal.kind == "device":
+        own = f"device:{principal.id}/"
+        if any(not i.channel.startswith(own) for i in body.items):
+            raise InsufficientRole(f"A device may only write its own channels ({own}…).")
     stations: dict[str, str] = {}
     async with ctx.db.session() as session:
         for device_id in {
