@@ -5,9 +5,10 @@ the station uses MQTT 5, a persistent session and acks after the commit) and doe
 messages, so its CPU and RSS are the floor that merely receiving the fleet's traffic costs in Python.
 Prints `subscribed <unix time>` when the broker has granted the subscription, then
 `received <count> <unix time>` every INTERVAL seconds (default 1) on stdout. bench/ingest.py uses it
-with a short interval as the baseline rate for the ingest benchmark.
+with a short interval as the baseline rate for the ingest benchmark; with PROTOCOL 5 it speaks MQTT 5
+(still clean, automatic acks) to show what the protocol version alone costs in paho.
 
-    python bench/baseline_subscriber.py HOST PORT [INTERVAL]
+    python bench/baseline_subscriber.py HOST PORT [INTERVAL] [PROTOCOL]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ received = 0
 def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
     interval = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
+    v5 = len(sys.argv) > 4 and sys.argv[4] == "5"
 
     def on_connect(client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         client.subscribe("station/#", qos=1)
@@ -41,12 +43,17 @@ def main() -> None:
             time.sleep(interval)
             print(f"received {received} {time.time():.3f}", flush=True)
 
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"bench-baseline-{port}",
-        clean_session=True,
-        protocol=paho.MQTTv311,
-    )
+    if v5:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"bench-baseline5-{port}", protocol=paho.MQTTv5
+        )
+    else:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"bench-baseline-{port}",
+            clean_session=True,
+            protocol=paho.MQTTv311,
+        )
     client.on_connect = on_connect
     client.on_message = on_message
     client.on_subscribe = on_subscribe

@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     flow_batch_ms: int = 100
     delivery_timeout_seconds: float = 10.0
     delivery_poll_seconds: float = 1.0
-    delivery_backoff_base_seconds: float = 5.0
+    delivery_backoff_base_seconds: float = 10.0
     delivery_max_attempts: int = Field(default=6, ge=1, le=50)
 
     # Auth

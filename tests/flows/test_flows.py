@@ -274,7 +274,7 @@ async def test_flow_on_an_extra_mqtt_server(station: StationHandle, tmp_path) ->
         await wait_for(lambda: "plant" in station.ctx.flows.flows, message="flow active")
         link = station.ctx.flows._links[server["id"]]
         await wait_for(lambda: link.connected, message="extra link connected")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)  # let the SUBACK arrive
         await publish(other.port, "plant/line1", {"speed": 3})
 
         async def got() -> bool:
@@ -285,3 +285,27 @@ async def test_flow_on_an_extra_mqtt_server(station: StationHandle, tmp_path) ->
         assert r.status_code == 409 and r.json()["code"] == "MQTT_SERVER_IN_USE"
     finally:
         other.stop()
+
+
+async def test_overlapping_flows_each_get_a_message_once(station: StationHandle) -> None:
+    headers = await station.owner_headers()
+    for code, topic in (("ov-exact", "ov/a"), ("ov-wild", "ov/+")):
+        r = await station.client.post(
+            "/api/v1/flows",
+            headers=headers,
+            json={"code": code, "topic": topic, "action": "STORE_DB", "payload_schema": {}},
+        )
+        assert r.status_code == 201
+    await wait_for(lambda: {"ov-exact", "ov-wild"} <= set(station.ctx.flows.flows), message="flows active")
+    await asyncio.sleep(0.2)
+    await publish(station.mqtt_port, "ov/a", {"x": 1})
+
+    async def both() -> bool:
+        counts = [(await flow(station, c))["stats"]["accepted"] for c in ("ov-exact", "ov-wild")]
+        return all(n >= 1 for n in counts)
+
+    await wait_for(both, message="both flows got the message")
+    await asyncio.sleep(0.5)
+    for code in ("ov-exact", "ov-wild"):
+        f = await flow(station, code)
+        assert (f["stats"]["accepted"], f["last_msg_id"]) == (1, 1), code

@@ -183,7 +183,14 @@ class FlowRegistry:
                 continue
             password = self.box.open(server.password_sealed) if server.password_sealed else None
             endpoint = MqttEndpoint(False, server.host, server.port, server.tls, server.username, password)
-            link = MqttLink(endpoint, client_id=server.client_id or f"waystation-flows-{server.id}")
+            # Same guarantee as the station's own broker: persistent session, acks only after commit.
+            link = MqttLink(
+                endpoint,
+                client_id=server.client_id or f"waystation-flows-{server.id}",
+                persistent_session=True,
+                manual_ack=True,
+                session_expiry=self.settings.mqtt_session_expiry_seconds,
+            )
             link.start()
             self._links[server_id] = link
             self._link_specs[server_id] = _spec(server)

@@ -10,6 +10,7 @@ from waystation.audit import service as audit
 from waystation.auth.deps import client_ip, get_ctx, require
 from waystation.auth.roles import Principal
 from waystation.context import AppContext
+from waystation.db import after_commit
 from waystation.flows import service
 from waystation.flows.schemas import (
     FlowCreate,
@@ -20,6 +21,7 @@ from waystation.flows.schemas import (
     MqttServerUpdate,
 )
 from waystation.secrets_box import SecretBox
+from waystation.telemetry import service as telemetry_service
 
 router = APIRouter(tags=["flows"])
 
@@ -96,6 +98,10 @@ async def delete_flow(
 ) -> Response:
     async with ctx.db.session() as session:
         flow = await service.delete_flow(session, code)
+        channel_ids = await telemetry_service.delete_channels_of(session, "flow", code)
+        if ctx.ingest is not None:
+            ingest = ctx.ingest
+            after_commit(session, lambda: ingest.forget_channels(channel_ids))
         audit.record(
             session,
             actor=principal.actor,

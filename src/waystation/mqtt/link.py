@@ -60,6 +60,12 @@ class MqttLink:
         self.router = TopicRouter()
         self.protocol = protocol
         self._filters: dict[str, int] = {}  # filter → qos, re-subscribed on every connect
+        # MQTT 5 subscription identifiers: the broker tells which of our subscriptions a message matched,
+        # so a message matching two overlapping filters (sent once per subscription) reaches each
+        # subscription's handlers once, not every handler twice.
+        self._sub_ids: dict[str, int] = {}
+        self._filter_of_id: dict[int, str] = {}
+        self._next_sub_id = 1
         self._filter_refs: dict[str, int] = {}
         self._listeners: list[ConnectionListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,8 +182,12 @@ class MqttLink:
         self._filter_refs[topic_filter] = self._filter_refs.get(topic_filter, 0) + 1
         if topic_filter not in self._filters:
             self._filters[topic_filter] = qos
+            sub_id = self._next_sub_id
+            self._next_sub_id += 1
+            self._sub_ids[topic_filter] = sub_id
+            self._filter_of_id[sub_id] = topic_filter
             if self.connected:
-                self._client.subscribe(topic_filter, qos)
+                self._subscribe(topic_filter, qos)
 
     def unsubscribe(self, topic_filter: str, handler: Handler) -> None:
         self.router.remove(topic_filter, handler)
@@ -186,8 +196,19 @@ class MqttLink:
             self._filter_refs[topic_filter] = refs
             return
         self._filter_refs.pop(topic_filter, None)
+        sub_id = self._sub_ids.pop(topic_filter, None)
+        if sub_id is not None:
+            self._filter_of_id.pop(sub_id, None)
         if self._filters.pop(topic_filter, None) is not None and self.connected:
             self._client.unsubscribe(topic_filter)
+
+    def _subscribe(self, topic_filter: str, qos: int) -> None:
+        if self.protocol == 5:
+            props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+            props.SubscriptionIdentifier = self._sub_ids[topic_filter]
+            self._client.subscribe(topic_filter, qos, properties=props)
+        else:
+            self._client.subscribe(topic_filter, qos)
 
     @property
     def filters(self) -> list[str]:
@@ -227,8 +248,8 @@ class MqttLink:
             log.warning("MQTT %s: %s", self.endpoint.display(), self.last_error)
             return
         self._generation += 1
-        if self._filters:
-            client.subscribe([(f, q) for f, q in self._filters.items()])
+        for topic_filter, qos in list(self._filters.items()):
+            self._subscribe(topic_filter, qos)
         self._call_in_loop(self._set_connected, True)
 
     def _on_disconnect(
@@ -255,6 +276,17 @@ class MqttLink:
             return
         with contextlib.suppress(RuntimeError):  # the loop is closing during shutdown
             loop.call_soon_threadsafe(fn, *args)
+
+    def _handlers(self, msg: paho.MQTTMessage, topic: str) -> list[Handler]:
+        ids = getattr(msg.properties, "SubscriptionIdentifier", None) if self.protocol == 5 else None
+        if not ids:
+            return self.router.handlers_for(topic)
+        handlers: list[Handler] = []
+        for sub_id in ids if isinstance(ids, list) else [ids]:
+            topic_filter = self._filter_of_id.get(sub_id)
+            if topic_filter is not None:
+                handlers.extend(self.router.handlers_of(topic_filter))
+        return handlers
 
     # --- asyncio side -------------------------------------------------------------------------
 
@@ -308,7 +340,7 @@ class MqttLink:
             info = MessageInfo(
                 qos=msg.qos, retain=bool(msg.retain), mid=msg.mid, dup=bool(msg.dup), ack=token
             )
-            for handler in self.router.handlers_for(topic):
+            for handler in self._handlers(msg, topic):
                 try:
                     handler(topic, bytes(msg.payload), info)
                 except Exception:

@@ -117,6 +117,13 @@ class TopicRouter:
             else:
                 self._exact.pop(target, None)
 
+    def handlers_of(self, topic_filter: str) -> list[Handler]:
+        """The handlers registered for exactly this filter."""
+        target = strip_share(topic_filter)
+        if is_wildcard(target):
+            return [h for f, h in self._wild if f == target]
+        return list(self._exact.get(target, ()))
+
     def handlers_for(self, topic: str) -> list[Handler]:
         found = list(self._exact.get(topic, ()))
         for topic_filter, handler in self._wild:

@@ -126,6 +126,8 @@ class IngestPipeline:
         now_us = time.time_ns() // 1000
         rows: list[Row] = []
         for key, value in values.items():
+            if not key or len(key) > 64 or "/" in key:
+                continue  # not a valid channel key; the callers validate, this keeps a bad one out of SQL
             channel_id = f"{kind}:{source_id}/{key}"
             if channel_id not in self._channel_pks and channel_id not in self._new_channels:
                 self._new_channels[channel_id] = ChannelInfo(kind, station_id, source_id, key)

@@ -293,7 +293,7 @@ async def telemetry_socket(websocket: WebSocket) -> None:
             if pending:
                 items = list(pending.values())
                 pending.clear()
-                await websocket.send_bytes(orjson.dumps({"type": "datapoints", "items": items}))
+                await websocket.send_text(orjson.dumps({"type": "datapoints", "items": items}).decode())
                 await asyncio.sleep(interval)
 
     async def receive() -> None:

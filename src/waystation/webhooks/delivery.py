@@ -32,7 +32,7 @@ MAX_CONCURRENT = 8  # ordering keys attempted at once
 def backoff_seconds(attempt: int, base: float, rng: random.Random) -> float:
     """Delay before attempt `attempt + 1`: base * 4^(attempt-1), ±25 % jitter, capped at 1 hour.
 
-    With the default base of 5 s the six attempts span about an hour (5 s, 20 s, 80 s, 5 min, 21 min)."""
+    With the default base of 10 s the six attempts span about an hour (10 s, 40 s, 160 s, 11 min, 43 min)."""
     delay = min(base * (4 ** max(0, attempt - 1)), 3600.0)
     return float(delay * rng.uniform(0.75, 1.25))
 
