@@ -796,6 +796,8 @@ def run_phase(args: argparse.Namespace, children: Children, workdir: Path, kind:
         base_v5 = phase.baseline(protocol=5)
         timings.update(phase.start_station())
         thr = phase.throughput(base["rate_per_s"])
+        if thr["rate_per_s"] and base_v5["rate_per_s"]:
+            thr["ratio_vs_mqtt5_baseline"] = round(thr["rate_per_s"] / base_v5["rate_per_s"], 3)
         lat = phase.latency()
         verify = phase.verify(thr["publisher"]["published"] + lat["publisher"]["published"])
         station = phase.stop_station()
@@ -856,6 +858,8 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
             "station_rate_per_s": r["throughput"]["rate_per_s"],
             "baseline_rate_per_s": r["baseline_paho_subscriber"]["rate_per_s"],
             "ratio": r["throughput"]["ratio"],
+            "baseline_mqtt5_rate_per_s": r["baseline_paho_subscriber_mqtt5"]["rate_per_s"],
+            "ratio_vs_mqtt5_baseline": r["throughput"].get("ratio_vs_mqtt5_baseline"),
             "p50_ms": r["latency"]["publish_to_commit_sse"]["p50_ms"],
             "p99_ms": r["latency"]["publish_to_commit_sse"]["p99_ms"],
             "rss_mb_peak": r["targets"]["station_rss_mb_peak"]["value"],

@@ -141,3 +141,21 @@ async def test_slow_database_pauses_the_link_and_loses_nothing(settings_factory)
         # Bounded: the queue never held much more than its limit (one message's rows of overshoot).
         assert max(max_queue) <= 100 + 1
         assert station.ctx.ingest.duplicate_rows == 0
+
+
+async def test_websocket_accepts_an_api_token(station: StationHandle) -> None:
+    owner = await station.owner_headers()
+    token = (
+        await station.client.post(
+            "/api/v1/tokens", headers=owner, json={"name": "ws", "scopes": ["api:read"]}
+        )
+    ).json()["token"]
+    url = station.base_url.replace("http", "ws") + f"/api/v1/ws/telemetry?access_token={token}"
+    async with websockets.connect(url) as ws:
+        await station.client.post(
+            "/api/v1/datapoints/batch",
+            headers=owner,
+            json={"items": [{"channel": "controller:wst/x", "value": 7.0}]},
+        )
+        message = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert message["items"][0]["value"] == 7.0

@@ -14,7 +14,8 @@ from fastapi.responses import StreamingResponse
 
 from waystation.audit import service as audit
 from waystation.auth.deps import client_ip, get_ctx, require, telemetry_writer
-from waystation.auth.roles import Principal, role_at_least
+from waystation.auth.roles import Principal, role_at_least, role_for_scopes
+from waystation.auth.tokens_service import API_TOKEN_PREFIX, authenticate_token
 from waystation.bus import TypeFilter
 from waystation.context import AppContext
 from waystation.devices import service as devices_service
@@ -263,9 +264,15 @@ async def telemetry_socket(websocket: WebSocket) -> None:
         else websocket.query_params.get("access_token", "")
     )
     try:
-        claims = ctx.signer.verify(token)
-        if not role_at_least(claims.role, "viewer"):
-            raise TokenInvalid()
+        if token.startswith(API_TOKEN_PREFIX):
+            async with ctx.db.session() as session:
+                row = await authenticate_token(session, token)
+            if role_for_scopes(row.scopes) is None:
+                raise TokenInvalid()
+        else:
+            claims = ctx.signer.verify(token)
+            if not role_at_least(claims.role, "viewer"):
+                raise TokenInvalid()
     except WaystationError:
         # Accept, then close with a clear code: a browser cannot read the status of a refused handshake.
         await websocket.accept()
