@@ -8,6 +8,7 @@ under a supervisor that logs and restarts it, so one failing service never takes
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -158,6 +159,11 @@ def create_app(settings: Settings, options: AppOptions | None = None) -> FastAPI
                         supervise("demo-fleet", lambda: run_demo_fleet(ctx)), name="demo-fleet"
                     )
                 )
+            # Everything allocated so far (modules, settings, caches) lives for the whole run: move it out
+            # of the collector's reach, so full collections stay short on the ingest hot path (measured:
+            # full collections of the start-up heap took up to 410 ms each and set the p99 latency).
+            gc.collect()
+            gc.freeze()
             log.info(
                 "Waystation %s ready: http://%s:%d  (API docs at /api/docs, MQTT %s)",
                 __version__,

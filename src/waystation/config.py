@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     # Telemetry ingest and retention
     ingest_batch_rows: int = Field(default=2000, ge=1, le=50_000)
     ingest_batch_ms: int = Field(default=50, ge=1, le=10_000)
-    ingest_max_queue_rows: int = Field(default=50_000, ge=100)
+    ingest_max_queue_rows: int = Field(default=20_000, ge=100)
     raw_retention_days: float = Field(default=30, gt=0)
     rollup_1m_retention_days: float = Field(default=180, gt=0)
     rollup_1h_retention_days: float = Field(default=1825, gt=0)

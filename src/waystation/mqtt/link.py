@@ -51,7 +51,7 @@ class MqttLink:
         persistent_session: bool = False,
         manual_ack: bool = False,
         protocol: int = 5,
-        inbox_size: int = 20_000,
+        inbox_size: int = 5_000,
         receive_maximum: int = 10_000,
         session_expiry: int = 7 * 24 * 3600,
     ) -> None:

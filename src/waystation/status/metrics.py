@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -73,11 +75,15 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5),
         )
         self.rejected: dict[str, int] = {}
+        self._accepted_children: dict[str, Any] = {}
         self.accepted: dict[str, int] = {}
 
     def accept(self, kind: str) -> None:
         self.accepted[kind] = self.accepted.get(kind, 0) + 1
-        self.mqtt_messages.labels(kind).inc()
+        child = self._accepted_children.get(kind)
+        if child is None:  # the label lookup is costly on the hot path: do it once per kind
+            child = self._accepted_children[kind] = self.mqtt_messages.labels(kind)
+        child.inc()
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
