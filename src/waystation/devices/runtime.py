@@ -21,7 +21,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from waystation.audit import service as audit
-from waystation.bus import Bus, Event
+from waystation.bus import Bus
 from waystation.config import Settings
 from waystation.db import Database, emit
 from waystation.devices import protocol
@@ -640,6 +640,3 @@ class DeviceRuntime:
                 await self.send_queued(device_id)
             except Exception:
                 log.exception("sending queued commands to %s failed", device_id)
-
-    def publish_event(self, event: Event) -> None:
-        self.bus.publish(event)

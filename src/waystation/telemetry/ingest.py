@@ -129,16 +129,8 @@ class IngestPipeline:
             if not key or len(key) > 64 or "/" in key:
                 continue  # not a valid channel key; the callers validate, this keeps a bad one out of SQL
             channel_id = f"{kind}:{source_id}/{key}"
-            if channel_id not in self._channel_pks and channel_id not in self._new_channels:
-                self._new_channels[channel_id] = ChannelInfo(kind, station_id, source_id, key)
-                self._channel_station[channel_id] = station_id
-            if ts_us is None:
-                # Readings without their own time get the arrival time, nudged to stay unique.
-                stamp = max(now_us, self._last_ts.get(channel_id, 0) + 1)
-                self._last_ts[channel_id] = stamp
-                rows.append((channel_id, stamp, value))
-            else:
-                rows.append((channel_id, ts_us, value))
+            self._note_channel(channel_id, kind, station_id, source_id, key)
+            rows.append((channel_id, self._stamp(channel_id, now_us) if ts_us is None else ts_us, value))
         if not rows:
             return
         if token is not None:
@@ -152,6 +144,20 @@ class IngestPipeline:
             self._paused = True
             self.metrics.ingest_pauses.inc()
             self._pause()
+
+    def _note_channel(
+        self, channel_id: str, kind: str, station_id: str | None, source_id: str, key: str
+    ) -> None:
+        """Remember what a channel not yet in the database is, so the writer can create it."""
+        if channel_id not in self._channel_pks and channel_id not in self._new_channels:
+            self._new_channels[channel_id] = ChannelInfo(kind, station_id, source_id, key)
+            self._channel_station[channel_id] = station_id
+
+    def _stamp(self, channel_id: str, now_us: int) -> int:
+        """A reading without its own time gets the arrival time, nudged so it stays unique per channel."""
+        stamp = max(now_us, self._last_ts.get(channel_id, 0) + 1)
+        self._last_ts[channel_id] = stamp
+        return stamp
 
     async def write_items(
         self,
@@ -168,12 +174,9 @@ class IngestPipeline:
             station_id = (
                 device_stations.get(source_id, default_station) if kind == "device" else default_station
             )
-            if channel_id not in self._channel_pks and channel_id not in self._new_channels:
-                self._new_channels[channel_id] = ChannelInfo(kind, station_id, source_id, key)
-                self._channel_station[channel_id] = station_id
+            self._note_channel(channel_id, kind, station_id, source_id, key)
             if ts is None:
-                stamp = max(time.time_ns() // 1000, self._last_ts.get(channel_id, 0) + 1)
-                self._last_ts[channel_id] = stamp
+                stamp = self._stamp(channel_id, time.time_ns() // 1000)
             else:
                 stamp = to_us(ts if ts.tzinfo else ts.replace(tzinfo=UTC))
             batch.append(Item(station_id, [(channel_id, stamp, value)], None, now))

@@ -45,32 +45,27 @@ class Datapoint(Base):
     experiment_id: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
-class Rollup1m(Base):
+class _RollupColumns:
+    """min/max/sum/count of one channel over one bucket (the bucket's start, in epoch seconds)."""
+
+    channel_pk: Mapped[int] = mapped_column(
+        ForeignKey("channels.pk", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    min: Mapped[float] = mapped_column(Float)
+    max: Mapped[float] = mapped_column(Float)
+    sum: Mapped[float] = mapped_column(Float)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
+class Rollup1m(_RollupColumns, Base):
     __tablename__ = "rollups_1m"
     __table_args__ = ({"sqlite_with_rowid": False},)
 
-    channel_pk: Mapped[int] = mapped_column(
-        ForeignKey("channels.pk", ondelete="CASCADE"), primary_key=True, autoincrement=False
-    )
-    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)  # epoch s
-    min: Mapped[float] = mapped_column(Float)
-    max: Mapped[float] = mapped_column(Float)
-    sum: Mapped[float] = mapped_column(Float)
-    count: Mapped[int] = mapped_column(BigInteger)
 
-
-class Rollup1h(Base):
+class Rollup1h(_RollupColumns, Base):
     __tablename__ = "rollups_1h"
     __table_args__ = ({"sqlite_with_rowid": False},)
-
-    channel_pk: Mapped[int] = mapped_column(
-        ForeignKey("channels.pk", ondelete="CASCADE"), primary_key=True, autoincrement=False
-    )
-    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)  # epoch s
-    min: Mapped[float] = mapped_column(Float)
-    max: Mapped[float] = mapped_column(Float)
-    sum: Mapped[float] = mapped_column(Float)
-    count: Mapped[int] = mapped_column(BigInteger)
 
 
 class Experiment(Base):
