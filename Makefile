@@ -6,7 +6,7 @@ MQTT_URL  ?= $(or $(WAYSTATION_MQTT_URL),embedded://127.0.0.1:1883)
 HTTP_PORT ?= $(or $(WAYSTATION_HTTP_PORT),8080)
 DATA_DIR  ?= $(or $(WAYSTATION_DATA_DIR),./var)
 
-.PHONY: run start install test lint format bench-devices clean
+.PHONY: run start install test lint format bench-devices clean web-dev
 
 install:
 	@scripts/bootstrap.sh
@@ -30,6 +30,10 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix src tests bench migrations scripts
 	$(VENV)/bin/ruff format src tests bench migrations scripts
+
+# The web UI with hot reload on :5173, proxying the API to a station started with `make run` (docs/ui.md).
+web-dev: install
+	cd web && npm run dev
 
 bench-devices: install
 	$(VENV)/bin/python bench/devices.py

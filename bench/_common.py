@@ -166,6 +166,7 @@ def start_broker(
         f"allow_anonymous true\n"
         f"persistence false\n"
         f"max_queued_messages {max_queued_messages}\n"
+        f"set_tcp_nodelay true\n"  # as the embedded broker (src/waystation/broker/embedded.py)
         f"{inflight}"
         # Run as whoever we are: a root mosquitto otherwise switches to user `mosquitto`, which clears
         # its parent-death signal (and could not write into our 0700 temp dir).

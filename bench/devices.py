@@ -64,10 +64,15 @@ from _common import (
     station_env,
     wait_ready,
 )
+from ingest import histogram, histogram_quantile  # bench/ingest.py: Prometheus histogram arithmetic
 
 TARGET_DEVICES = 1000
 TARGET_STATION_CPU_PERCENT = 10.0  # of one core
 TARGET_STATION_RSS_MB = 150.0
+# The soak (`--devices 10000 --rate 0.0167 --telemetry-rate 2000 --duration 600`, issue 9):
+TARGET_SOAK_RSS_GROWTH_PERCENT = 5.0
+TARGET_SOAK_P99_MS = 250.0
+TIMELINE_S = 10.0  # seconds per soak timeline window
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -77,6 +82,10 @@ def check_fd_limit(devices: int) -> dict[str, int]:
     """The simulator holds ~3 fds per device (socket + paho's wake-up socketpair), the broker ~1."""
     need = 3 * devices + 256
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need and os.geteuid() == 0:
+        with contextlib.suppress(ValueError, OSError):  # root may raise the hard limit (up to fs.nr_open)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, need))
+            hard = need
     if soft < need and (hard == resource.RLIM_INFINITY or hard >= need):
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
         soft = need
@@ -89,17 +98,26 @@ def check_fd_limit(devices: int) -> dict[str, int]:
 
 
 def register_fleet(
-    children: Children, args: argparse.Namespace, env: dict[str, str], mqtt_url: str, db_path: Path
+    children: Children,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    mqtt_url: str,
+    db_path: Path,
+    prefix: str = "sim",
+    devices: int | None = None,
 ) -> tuple[str, float]:
     """`waystation simulate` migrates and registers the fleet, then starts it; stop it once it says so."""
     t0 = time.monotonic()
+    devices = args.devices if devices is None else devices
     sim = children.spawn(
         "register",
         [
             str(VENV_BIN / "waystation"),
             "simulate",
+            "--prefix",
+            prefix,
             "--devices",
-            str(args.devices),
+            str(devices),
             "--rate",
             str(args.rate),
             "--heartbeat",
@@ -124,10 +142,10 @@ def register_fleet(
             raise RuntimeError("no default station in the database after registration")
         station_id = str(row[0])
         count = db.execute(
-            "SELECT count(*) FROM devices WHERE station_id = ? AND id LIKE 'sim-%'", (station_id,)
+            "SELECT count(*) FROM devices WHERE station_id = ? AND id LIKE ?", (station_id, f"{prefix}-%")
         ).fetchone()[0]
-    if count != args.devices:
-        raise RuntimeError(f"expected {args.devices} registered devices, the database has {count}")
+    if count != devices:
+        raise RuntimeError(f"expected {devices} registered devices, the database has {count}")
     log(f"registered {count} devices in station {station_id} ({seconds:.1f}s)")
     return station_id, seconds
 
@@ -157,7 +175,7 @@ def wait_online(args: argparse.Namespace, station: Child, sim: Child, client: ht
 
 
 def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str, Any]:
-    fd_limit = check_fd_limit(args.devices)
+    fd_limit = check_fd_limit(args.devices // args.simulators)  # per simulator process
     mqtt_port, http_port = free_port(), free_port()
     while http_port == mqtt_port:
         http_port = free_port()
@@ -181,7 +199,15 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
             init_s = wait_ready(first, init_client, 60)
         children.stop(first)
         log(f"station initialised the database in {init_s:.1f}s")
-        station_id, register_s = register_fleet(children, args, env, mqtt_url, data_dir / "waystation.db")
+        # One simulator holds ~3 fds per device: big fleets are split over several simulator processes.
+        share = args.devices // args.simulators
+        prefixes = ["sim" if k == 0 else f"sim{k}" for k in range(args.simulators)]  # ids: <prefix>-0001
+        register_s = 0.0
+        for prefix in prefixes:
+            station_id, seconds = register_fleet(
+                children, args, env, mqtt_url, data_dir / "waystation.db", prefix, share
+            )
+            register_s += seconds
 
         station = children.spawn("station", [str(VENV_BIN / "waystation"), "run"], env)
         ready_s = wait_ready(station, client, 60)
@@ -193,13 +219,39 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
             [sys.executable, str(BENCH / "baseline_subscriber.py"), "127.0.0.1", str(mqtt_port)],
             env,
         )
+        extra_sims = [
+            children.spawn(
+                f"simulator{k}",
+                [
+                    str(VENV_BIN / "waystation"),
+                    "simulate",
+                    "--prefix",
+                    prefixes[k],
+                    "--devices",
+                    str(share),
+                    "--rate",
+                    str(args.rate),
+                    "--heartbeat",
+                    str(args.heartbeat),
+                    "--mqtt",
+                    mqtt_url,
+                    "--station",
+                    station_id,
+                    "--no-register",
+                ],
+                env,
+            )
+            for k in range(1, args.simulators)
+        ]
         sim = children.spawn(
             "simulator",
             [
                 str(VENV_BIN / "waystation"),
                 "simulate",
+                "--prefix",
+                "sim",
                 "--devices",
-                str(args.devices),
+                str(share),
                 "--rate",
                 str(args.rate),
                 "--heartbeat",
@@ -216,7 +268,34 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
         log(f"all {args.devices} devices online after {warmup_s:.1f}s; settling {args.settle:.0f}s")
         time.sleep(args.settle)
 
-        watches = {c.name: Watch(c) for c in (station, sim, baseline, broker)}
+        publisher = None
+        if args.telemetry_rate > 0:
+            # The soak's telemetry stream: state messages with ts at a fixed rate, on some of the fleet.
+            ids = [f"sim-{i:04d}" for i in range(1, min(args.devices, args.telemetry_devices) + 1)]
+            publisher = children.spawn(
+                "telemetry",
+                [
+                    sys.executable,
+                    str(BENCH / "ingest_publisher.py"),
+                    "--port",
+                    str(mqtt_port),
+                    "--station",
+                    station_id,
+                    "--devices",
+                    ",".join(ids),
+                    "--messages",
+                    str(int(args.telemetry_rate * (args.duration + 60))),
+                    "--rate",
+                    str(args.telemetry_rate),
+                    "--ts-base",
+                    str(int(time.time() * 1000)),
+                ],
+                env,
+            )
+            log(f"telemetry: {args.telemetry_rate:.0f} msg/s over {len(ids)} devices")
+            time.sleep(max(args.settle, 20.0))  # past the station's first look at its task count
+
+        watches = {c.name: Watch(c) for c in (station, sim, baseline, broker, *extra_sims)}
         before = scrape(client)
         t_wall_start = time.time()
         for w in watches.values():
@@ -226,6 +305,8 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
         t_start = time.monotonic()
         log(f"measuring for {args.duration:.0f}s")
         next_sample = t_start + 1.0
+        timeline: list[dict[str, Any]] = []  # soak: the station's figures per TIMELINE_S window
+        window_start, window_metrics = t_start, before
         while time.monotonic() - t_start < args.duration:
             time.sleep(max(0.0, next_sample - time.monotonic()))
             next_sample += 1.0
@@ -233,6 +314,14 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
                 if not w.child.alive():
                     raise RuntimeError(f"{w.child.name} exited during the measurement:\n{w.child.tail()}")
                 w.sample()
+            if publisher is not None and time.monotonic() - window_start >= TIMELINE_S:
+                now_metrics = scrape(client)
+                timeline.append(
+                    timeline_point(
+                        time.monotonic() - t_start, window_metrics, now_metrics, watches["station"]
+                    )
+                )
+                window_start, window_metrics = time.monotonic(), now_metrics
         for w in watches.values():
             w.cpu_end = cpu_seconds(w.child.ps)
         wall = time.monotonic() - t_start
@@ -260,6 +349,15 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
 
     reports = {name: w.report(wall) for name, w in watches.items()}
     station_report = reports["station"]
+    soak = soak_figures(watches["station"], before, after) if publisher is not None else None
+    if soak is not None:
+        soak["timeline"] = timeline
+        # Tasks come and go (a flush, a firing): compare the most seen in the window's first minute with
+        # the most seen in its last, not two single samples.
+        first = [p["asyncio_tasks"] for p in timeline if p["t_s"] <= 60] or [soak["asyncio_tasks_start"]]
+        last = [p["asyncio_tasks"] for p in timeline if p["t_s"] >= wall - 60] or [soak["asyncio_tasks_end"]]
+        soak["asyncio_tasks_max_first_minute"] = max(first)
+        soak["asyncio_tasks_max_last_minute"] = max(last)
     station_report["rss_mb_idle_before_fleet"] = round(station_rss_idle / MB, 1)
     station_report["devices_online_start"] = int(before.get("waystation_devices_online", 0))
     station_report["devices_online_end"] = int(after.get("waystation_devices_online", 0))
@@ -281,6 +379,27 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
             "pass": rss_peak is not None and rss_peak < TARGET_STATION_RSS_MB,
         },
     }
+    if soak is not None:
+        targets.update(
+            {
+                "station_rss_growth_percent": {
+                    "limit": TARGET_SOAK_RSS_GROWTH_PERCENT,
+                    "value": soak["rss_growth_percent"],
+                    "pass": soak["rss_growth_percent"] < TARGET_SOAK_RSS_GROWTH_PERCENT,
+                },
+                "asyncio_tasks_growth": {
+                    "limit": 0,
+                    "value": soak["asyncio_tasks_max_last_minute"] - soak["asyncio_tasks_max_first_minute"],
+                    "pass": soak["asyncio_tasks_max_last_minute"] <= soak["asyncio_tasks_max_first_minute"],
+                },
+                "ingest_latency_p99_ms": {
+                    "limit": TARGET_SOAK_P99_MS,
+                    "value": soak["ingest_latency_p99_ms"],
+                    "pass": soak["ingest_latency_p99_ms"] is not None
+                    and soak["ingest_latency_p99_ms"] < TARGET_SOAK_P99_MS,
+                },
+            }
+        )
     problems = []
     if station_report["devices_online_end"] < args.devices:
         problems.append(
@@ -301,7 +420,10 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
             "settle_s": args.settle,
             "database": "sqlite",
             "broker": "mosquitto (private, loopback)",
-            "expected_messages_per_s_approx": round(args.devices * (args.rate + 1.0 / args.heartbeat), 1),
+            "expected_messages_per_s_approx": round(
+                args.devices * (args.rate + 1.0 / args.heartbeat) + args.telemetry_rate, 1
+            ),
+            "telemetry_rate_per_s": args.telemetry_rate,
         },
         "timings_s": {
             "station_init": round(init_s, 1),
@@ -316,7 +438,11 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
             "baseline_received_per_s": baseline_rate,
         },
         "station": station_report,
+        "soak": soak,
         "simulator": reports["simulator"],
+        "more_simulators": {
+            name: r for name, r in reports.items() if name.startswith("simulator") and name != "simulator"
+        },
         "baseline_paho_subscriber": reports["baseline"],
         "mosquitto": reports["mosquitto"],
         "machine": {
@@ -330,6 +456,55 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
         "targets": targets,
         "pass": all(t["pass"] for t in targets.values()),
         "problems": problems,
+    }
+
+
+def timeline_point(
+    elapsed: float, before: dict[str, float], after: dict[str, float], station: Watch
+) -> dict[str, Any]:
+    """One window of the soak: arrival → commit p99, commit time p99, queue depth, tasks, RSS."""
+
+    def p99_ms(name: str) -> float | None:
+        value = histogram_quantile(histogram(before, name), histogram(after, name), 0.99)
+        return round(value * 1000, 1) if value is not None else None
+
+    return {
+        "t_s": round(elapsed),
+        "ingest_latency_p99_ms": p99_ms("waystation_ingest_latency_seconds"),
+        "commit_p99_ms": p99_ms("waystation_ingest_commit_seconds"),
+        "queue_rows": int(after.get("waystation_ingest_queue_rows", 0)),
+        "asyncio_tasks": int(after.get("waystation_asyncio_tasks", 0)),
+        "rss_mb": round(station.rss[-1] / MB, 1) if station.rss else None,
+    }
+
+
+def soak_figures(station: Watch, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """RSS growth (mean of the window's last minute against its first), asyncio tasks at both ends, and
+    the station's arrival → commit latency over the window (from its own histogram)."""
+    minute = max(1, min(60, len(station.rss) // 4))
+    first = sum(station.rss[:minute]) / minute
+    last = sum(station.rss[-minute:]) / minute
+    p99 = histogram_quantile(
+        histogram(before, "waystation_ingest_latency_seconds"),
+        histogram(after, "waystation_ingest_latency_seconds"),
+        0.99,
+    )
+    rows = after.get("waystation_ingest_rows_total", 0) - before.get("waystation_ingest_rows_total", 0)
+    return {
+        "rss_mb_first_minute": round(first / MB, 1),
+        "rss_mb_last_minute": round(last / MB, 1),
+        "rss_growth_percent": round(100 * (last - first) / first, 2),
+        "asyncio_tasks_by_coroutine_change": {
+            name: int(after.get(key, 0) - before.get(key, 0))
+            for key in sorted(set(before) | set(after))
+            if key.startswith("waystation_asyncio_tasks_by_coroutine{")
+            and (name := key.split('"')[1])
+            and after.get(key, 0) != before.get(key, 0)
+        },
+        "asyncio_tasks_start": int(before.get("waystation_asyncio_tasks", 0)),
+        "asyncio_tasks_end": int(after.get("waystation_asyncio_tasks", 0)),
+        "ingest_latency_p99_ms": round(p99 * 1000, 1) if p99 is not None else None,
+        "ingest_rows_committed": int(rows),
     }
 
 
@@ -365,6 +540,18 @@ def main() -> int:
     )
     parser.add_argument("--rate", type=float, default=0.1, help="state messages per second per device (0.1)")
     parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats (30)")
+    parser.add_argument(
+        "--telemetry-rate",
+        type=float,
+        default=0.0,
+        help="soak: also publish this many state messages/s with ts during the window (0: off)",
+    )
+    parser.add_argument(
+        "--telemetry-devices", type=int, default=20, help="soak: devices the telemetry goes to (20)"
+    )
+    parser.add_argument(
+        "--simulators", type=int, default=1, help="simulator processes sharing the fleet (1; ~3 fds/device)"
+    )
     parser.add_argument(
         "--keep", action="store_true", help="keep the temp dir (logs, database) for inspection"
     )

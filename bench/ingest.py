@@ -717,9 +717,20 @@ class Phase:
         return result
 
     def verify(self, published: int) -> dict[str, Any]:
-        m = scrape(self.http)
         expected = FIELDS * published
-        rows = int(self.store.scalar("select count(*) from datapoints"))
+        # The committed-messages counter also counts redeliveries (after a reconnect the broker sends
+        # unacknowledged messages again; they are stored once), so it can reach its target while unique
+        # messages are still being written: wait until the row count stops moving before judging.
+        rows, since = -1, time.monotonic()
+        while time.monotonic() - since < 10.0:
+            now_rows = int(self.store.scalar("select count(*) from datapoints"))
+            if now_rows >= expected:
+                rows = now_rows
+                break
+            if now_rows != rows:
+                rows, since = now_rows, time.monotonic()
+            time.sleep(0.5)
+        m = scrape(self.http)
         channels = int(self.store.scalar("select count(*) from channels where source_id like 'sim-%'"))
         rollup_rows = int(self.store.scalar("select coalesce(sum(count), 0) from rollups_1m"))
         rollup_1h_rows = int(self.store.scalar("select coalesce(sum(count), 0) from rollups_1h"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import subprocess
 import time
@@ -25,10 +26,22 @@ from waystation.context import AppContext
 T = TypeVar("T")
 
 
+# Listening ports come from below the kernel's ephemeral range (32768+ here): a port from that range
+# can be taken as the local end of any outbound connection (a database, a broker client) the moment a
+# test lets go of it, and a station restarted on it would then fail to bind.
+_LISTEN_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    for _ in range(200):
+        port = random.choice(_LISTEN_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
@@ -186,7 +199,11 @@ async def start_station(settings: Settings, demo: bool = False) -> AsyncIterator
     app = create_app(settings, AppOptions(demo=demo, announce=announcements.append))
     port = settings.http_port or free_port()
     settings.http_port = port
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    # proxy_headers=False as in `waystation run`: only the app's own `trusted_proxies` setting believes
+    # X-Forwarded-For (uvicorn would otherwise trust it from loopback, i.e. from every test client).
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", proxy_headers=False
+    )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[attr-defined,method-assign]
     task = asyncio.create_task(server.serve())
@@ -283,6 +300,14 @@ class HttpReceiver:
         self.url = f"http://127.0.0.1:{self.port}/hook"
         self.status = 200
         self.received: list[tuple[dict[str, str], bytes]] = []
+        # Webhook tests: fail the next N requests with `fail_status`, hold each request `delay` seconds,
+        # and count every request and the most ever in progress at once.
+        self.fail_next = 0
+        self.fail_status = 500
+        self.delay = 0.0
+        self.requests = 0
+        self.in_progress = 0
+        self.max_in_progress = 0
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -296,7 +321,18 @@ class HttpReceiver:
             if not message.get("more_body"):
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.requests += 1
+        self.in_progress += 1
+        self.max_in_progress = max(self.max_in_progress, self.in_progress)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.in_progress -= 1
         status = self.status
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            status = self.fail_status
         if 200 <= status < 300:
             self.received.append((headers, body))
         await send(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,20 @@ def test_data_dir_is_created_on_demand(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path / "deep" / "data")
     s.ensure_data_dir()
     assert (tmp_path / "deep" / "data" / "logs").is_dir()
+
+
+def test_every_setting_is_documented() -> None:
+    """docs/configuration.md (and docs/scaling.md for `CLUSTER_*`) name every setting, so none is a
+    secret knob. A row may name two as `WAYSTATION_A_B_MIN` / `_B_MAX`."""
+    docs = Path(__file__).parent.parent / "docs"
+    text = (docs / "configuration.md").read_text(encoding="utf-8")
+    text += (docs / "scaling.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(?:WAYSTATION_)?([A-Z][A-Z0-9_]+)`", text))
+    for full, short in re.findall(r"`WAYSTATION_([A-Z0-9_]+)` / `_([A-Z0-9_]+)`", text):
+        first = short.split("_")[0]
+        if f"_{first}_" in f"_{full}":
+            named.add(f"_{full}".split(f"_{first}_")[0].lstrip("_") + f"_{short}")
+    missing = sorted(
+        f"WAYSTATION_{name.upper()}" for name in Settings.model_fields if name.upper() not in named
+    )
+    assert missing == [], f"settings missing from docs/configuration.md: {missing}"

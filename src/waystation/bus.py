@@ -17,6 +17,10 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+# Events whose type starts with this are for services inside the station (e.g. every reading of a batch
+# for the rule engine): never in the SSE ring, never matched by wildcards, so they never leave the process.
+INTERNAL_PREFIX = "_"
+
 
 @dataclass(slots=True)
 class Event:
@@ -25,6 +29,7 @@ class Event:
     station_id: str | None = None
     seq: int = 0
     ts: float = field(default_factory=time.time)
+    origin: str | None = None  # the worker that produced it, when bridged from another one (cluster/)
 
 
 @dataclass(slots=True)
@@ -47,16 +52,26 @@ class TypeFilter:
         return cls((spec or "").split(","))
 
     def matches(self, event_type: str) -> bool:
-        if not self.patterns:
-            return True
         if event_type in self._exact:
+            return True
+        if event_type.startswith(INTERNAL_PREFIX):
+            return False  # internal events go only to subscribers that name them exactly
+        if not self.patterns:
             return True
         return any(fnmatch.fnmatchcase(event_type, p) for p in self._wild)
 
 
 class Subscription:
-    def __init__(self, bus: Bus, types: TypeFilter, maxsize: int, station_ids: set[str] | None) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        types: TypeFilter,
+        maxsize: int,
+        station_ids: set[str] | None,
+        local_only: bool = False,
+    ) -> None:
         self._bus = bus
+        self.local_only = local_only
         self.types = types
         self.station_ids = station_ids
         self._queue: deque[Event] = deque()
@@ -66,6 +81,8 @@ class Subscription:
         self.closed = False
 
     def wants(self, ev: Event) -> bool:
+        if self.local_only and ev.origin is not None:
+            return False
         if (
             self.station_ids is not None
             and ev.station_id is not None
@@ -120,7 +137,8 @@ class Bus:
 
     def publish(self, ev: Event) -> Event:
         ev.seq = next(self._seq)
-        self.ring.append(ev)
+        if not ev.type.startswith(INTERNAL_PREFIX):
+            self.ring.append(ev)
         self.published += 1
         for sub in self._subs:
             if sub.wants(ev):
@@ -130,10 +148,20 @@ class Bus:
     def emit(self, event_type: str, data: dict[str, Any], station_id: str | None = None) -> Event:
         return self.publish(Event(event_type, data, station_id))
 
+    def wanted(self, event_type: str) -> bool:
+        """Whether any subscriber takes this type (lets a producer skip building a costly payload)."""
+        return any(sub.types.matches(event_type) for sub in self._subs)
+
     def subscribe(
-        self, types: TypeFilter | None = None, maxsize: int = 1000, station_ids: set[str] | None = None
+        self,
+        types: TypeFilter | None = None,
+        maxsize: int = 1000,
+        station_ids: set[str] | None = None,
+        local_only: bool = False,
     ) -> Subscription:
-        sub = Subscription(self, types or TypeFilter(), maxsize, station_ids)
+        """`local_only`: only events produced in this process, none bridged from other workers (for
+        consumers that must act once per event: each worker acts on its own)."""
+        sub = Subscription(self, types or TypeFilter(), maxsize, station_ids, local_only)
         self._subs.append(sub)
         return sub
 

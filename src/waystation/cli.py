@@ -95,7 +95,14 @@ def run(
                 "--workers > 1 needs PostgreSQL: set WAYSTATION_DATABASE_URL=postgresql+asyncpg://… "
                 "(SQLite allows one writer process)."
             )
-        fail("--workers > 1 is not available in this version yet; run one process per machine.")
+        if settings.mqtt.embedded:
+            fail(
+                "--workers > 1 needs an external MQTT 5 broker shared by the workers: set "
+                "WAYSTATION_MQTT_URL=mqtt://host:1883 (the embedded broker belongs to one process)."
+            )
+        settings.cluster = "on"  # workers share subscriptions and the bus (docs/scaling.md)
+        if demo:
+            fail("--demo runs with one process only.")
     settings.ensure_data_dir()
     setup_logging(settings.data_dir, debug=settings.debug)
     if not port_is_free(settings.http_host, settings.http_port):
@@ -111,6 +118,30 @@ def run(
             f"WAYSTATION_MQTT_URL=embedded://{endpoint.host}:18830, or use that broker with "
             f"WAYSTATION_MQTT_URL=mqtt://{endpoint.host}:{endpoint.port}."
         )
+
+    if workers > 1:
+        from waystation.auth.internal import load_or_create_internal_secret
+        from waystation.cluster.process import export_settings
+        from waystation.secrets_box import SecretBox
+
+        # The data directory's keys exist before the workers start, so they do not race to create them.
+        SecretBox(settings.data_dir)
+        load_or_create_internal_secret(settings.data_dir, settings.internal_secret)
+        # uvicorn's process manager: one shared socket, N workers from the app factory, dead ones
+        # started again. Each worker migrates (under an advisory lock) and joins the cluster.
+        export_settings(settings)
+        uvicorn.run(
+            "waystation.cluster.process:worker_app",
+            factory=True,
+            workers=workers,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            proxy_headers=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+        return
 
     def announce(message: str) -> None:
         console.print(f"[bold yellow]{message}[/]")
@@ -150,41 +181,51 @@ def simulate(
     config: ConfigOption = None,
 ) -> None:
     """Run a fleet of simulated devices speaking the device protocol."""
+    from waystation.broker.sync import NONE, expected_mode
     from waystation.db import Database
     from waystation.devices.types import seed_device_types
-    from waystation.simulator.device import SimConfig
-    from waystation.simulator.fleet import Fleet, plan_fleet, register_fleet
+    from waystation.secrets_box import SecretBox
+    from waystation.simulator.device import DeviceLogin, SimConfig
+    from waystation.simulator.fleet import Fleet, fleet_logins, plan_fleet, register_fleet
     from waystation.station.service import ensure_default_station
 
     settings = settings_from(config)
     members = plan_fleet(devices, prefix=prefix, only_type=type_)
+    try:
+        endpoint = MqttEndpoint.parse(mqtt) if mqtt else replace(settings.mqtt, embedded=False)
+    except ValueError as exc:
+        fail(str(exc))
     station_id = station
+    logins: dict[str, DeviceLogin] | None = None
     if register or station_id is None:
 
-        async def _register() -> str:
+        async def _register() -> tuple[str, dict[str, DeviceLogin] | None]:
+            # Where the station's broker enforces device accounts, each simulated device gets its own
+            # (issued as POST /api/v1/devices does; the running station syncs it to the broker).
+            enforced = expected_mode(settings) != NONE and not endpoint.username
             db = Database(settings)
             try:
                 async with db.session() as session:
                     # The same rows the station creates on its first start (types are FK targets).
                     await seed_device_types(session)
                     sid = station_id or (await ensure_default_station(session)).id
-                if register:
-                    created = await register_fleet(db, sid, members)
-                    console.print(f"registered {created} new device(s) in station {sid}")
-                return sid
+                if not register:
+                    return sid, None
+                created = await register_fleet(db, sid, members)
+                console.print(f"registered {created} new device(s) in station {sid}")
+                if not enforced:
+                    return sid, None
+                return sid, await fleet_logins(db, SecretBox(settings.data_dir), members)
             finally:
                 await db.dispose()
 
-        station_id = run_db_task(settings, _register)
-    try:
-        endpoint = MqttEndpoint.parse(mqtt) if mqtt else replace(settings.mqtt, embedded=False)
-    except ValueError as exc:
-        fail(str(exc))
+        station_id, logins = run_db_task(settings, _register)
     fleet = Fleet(
         members,
         SimConfig(
             endpoint=endpoint, station_id=station_id, state_interval=1.0 / rate, heartbeat_interval=heartbeat
         ),
+        logins=logins,
     )
     console.print(
         f"simulating {devices} device(s) on {endpoint.display()} for station {station_id}; Ctrl-C stops"
@@ -296,6 +337,138 @@ def migrate(config: ConfigOption = None) -> None:
     settings = settings_from(config)
     run_db_task(settings, _noop)
     console.print("database is up to date")
+
+
+@app.command()
+def controller(
+    url: Annotated[
+        str | None, typer.Option(help="The station's base URL (default: WAYSTATION_CONTROLLER_URL)")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(help="The controller's wsc_… token (better: WAYSTATION_CONTROLLER_TOKEN, not in `ps`)"),
+    ] = None,
+    buffer_dir: Annotated[
+        Path | None, typer.Option(help="Directory of the disk buffer and the cached configuration")
+    ] = None,
+    buffer_max_rows: Annotated[int | None, typer.Option(help="Most readings kept while offline")] = None,
+    buffer_max_bytes: Annotated[
+        int | None, typer.Option(help="Most bytes of readings kept while offline")
+    ] = None,
+    debug: Annotated[bool, typer.Option(help="Log at DEBUG")] = False,
+) -> None:
+    """Run the plugin controller: run the plugins the station configures and stream their readings (§9)."""
+    from waystation.controller.process import run_controller
+    from waystation.controller.settings import ControllerSettings
+
+    overrides = {
+        "url": url,
+        "token": token,
+        "buffer_dir": buffer_dir,
+        "buffer_max_rows": buffer_max_rows,
+        "buffer_max_bytes": buffer_max_bytes,
+    }
+    try:
+        settings = ControllerSettings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"WAYSTATION_CONTROLLER_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        fail(f"invalid settings: {problems}")
+    if not settings.token:
+        fail("give the controller's token: --token or WAYSTATION_CONTROLLER_TOKEN (POST /api/v1/controllers)")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown the log
+    try:
+        asyncio.run(run_controller(settings))
+    except OSError as exc:
+        fail(f"cannot use the buffer directory {settings.buffer_dir}: {exc}")
+
+
+@app.command("ble-bridge")
+def ble_bridge(
+    simulate: Annotated[
+        bool, typer.Option(help="A fake radio with simulated devices (no Bluetooth)")
+    ] = False,
+    state_interval: Annotated[
+        float, typer.Option(min=0.1, help="Simulated devices: seconds between state messages")
+    ] = 5.0,
+    debug: Annotated[bool, typer.Option(help="Log at DEBUG (to stderr)")] = False,
+) -> None:
+    """The BLE provisioning bridge (PROTOCOLS §8): JSON lines on stdin/stdout; the station runs it."""
+    from waystation.provisioning.ble.bridge import main as bridge_main
+
+    bridge_main(simulate=simulate, state_interval=state_interval, debug=debug)
+
+
+@app.command("fake-emqx")
+def fake_emqx(
+    port: Annotated[int, typer.Option(help="Port to listen on (loopback only)")] = 18083,
+    api_key: Annotated[str, typer.Option(help="API key EMQX would have issued")] = "waystation",
+    api_secret: Annotated[str | None, typer.Option(help="API secret (default: random, printed)")] = None,
+) -> None:
+    """Serve an in-memory stand-in for the EMQX 5 management API (demos and tests of broker sync)."""
+    import secrets
+
+    import uvicorn
+
+    from waystation.broker.fake_emqx import FakeEmqx
+
+    secret = api_secret or secrets.token_urlsafe(16)
+    fake = FakeEmqx(api_key=api_key, api_secret=secret)
+    # Shown once on the console so a demo can be wired up; nothing is stored.
+    console.print(
+        f"fake EMQX API on http://127.0.0.1:{port}: WAYSTATION_EMQX_API_KEY={api_key} "
+        f"WAYSTATION_EMQX_API_SECRET={secret}"
+    )
+    uvicorn.run(fake.app, host="127.0.0.1", port=port, log_level="warning")
+
+
+# Registered here, after the helpers it uses (`fail`, `run_db_task`) are defined.
+from waystation.snapshots.cli import snapshot_app  # noqa: E402
+
+app.add_typer(snapshot_app, name="snapshot")
+
+
+@app.command("fake-cloud")
+def fake_cloud(
+    host: Annotated[
+        str, typer.Option(help="Address of the station WebSocket (the control API stays on 127.0.0.1)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the station WebSocket (0: any free port)")] = 8765,
+    control_port: Annotated[
+        int | None, typer.Option(help="Port of the control API (default: PORT + 1; 0: any free port)")
+    ] = None,
+    require_registration: Annotated[
+        bool, typer.Option(help="Accept claims only for chip ids registered with POST /claims")
+    ] = False,
+) -> None:
+    """Serve a small cloud for the station's cloud link (docs/cloud.md#the-fake-cloud)."""
+    from waystation.cloud.fake import FakeCloud
+
+    fake = FakeCloud(
+        host=host,
+        port=port,
+        control_port=control_port if control_port is not None else (port + 1 if port else 0),
+        require_registration=require_registration,
+    )
+
+    async def _serve() -> None:
+        await fake.start()
+        console.print(f"fake cloud: station WebSocket {fake.url}  control API {fake.control_url}")
+        console.print(f"  on the station: WAYSTATION_CLOUD_URL={fake.url}")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await fake.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve())
 
 
 def main() -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -67,6 +67,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
+T = TypeVar("T")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -75,7 +78,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         settings.ensure_data_dir()
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # LIFO: the most recent connection does most of the work, so the others' statement caches and
+        # page caches stay cold and small (each SQLite connection keeps its own).
+        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_use_lifo=True)
         _configure_sqlite(engine)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_recycle=1800)
@@ -101,6 +106,10 @@ class Database:
         self.engine = create_engine(settings)
         self.bus = bus
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in SQLite's busy
+        # handler (up to 100 ms a nap). The steady writers (ingest, device flushes, retention) queue here
+        # instead, so they hand the lock over the moment it is free.
+        self._write_gate = asyncio.Lock() if self.dialect == "sqlite" else None
 
     @property
     def dialect(self) -> str:
@@ -123,6 +132,16 @@ class Database:
         for callback in session.info.get("after_commit", []):
             callback()
 
+    @asynccontextmanager
+    async def writer(self) -> AsyncIterator[AsyncSession]:
+        """`session()` for a steady writer: on SQLite, one such transaction at a time in this process."""
+        if self._write_gate is None:
+            async with self.session() as session:
+                yield session
+            return
+        async with self._write_gate, self.session() as session:
+            yield session
+
     async def ping(self) -> bool:
         try:
             async with self.engine.connect() as conn:
@@ -134,6 +153,15 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def in_list(values: Iterable[T]) -> list[T]:
+    """Values for an `IN (...)` on a hot path, padded to the next power of two with the last value: the SQL
+    text (and so each connection's cached SQLite statement) is one of a few, not one per list length."""
+    items = list(values)
+    if items:
+        items.extend([items[-1]] * ((1 << (len(items) - 1).bit_length()) - len(items)))
+    return items
 
 
 def emit(session: AsyncSession, event_type: str, data: dict[str, Any], station_id: str | None = None) -> None:
@@ -166,7 +194,7 @@ def alembic_config() -> AlembicConfig:
 def _upgrade(connection: Connection) -> None:
     cfg = alembic_config()
     cfg.attributes["connection"] = connection
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, "heads")  # several heads while parallel branches of work land; merged later
 
 
 async def migrate(settings: Settings) -> None:

@@ -100,10 +100,12 @@ async def test_tampered_expired_and_alg_none_tokens_are_rejected(station: Statio
         assert r.json()["code"] == "TOKEN_INVALID"
         assert r.headers["www-authenticate"] == "Bearer"
     expired = {**claims, "exp": int(time.time()) - 10}
-    key = (station.settings.data_dir / "keys" / "jwt.key").read_bytes()
-    r = await station.client.get(
-        "/api/v1/auth/me", headers={"Authorization": f"Bearer {jwt.encode(expired, key, algorithm='HS256')}"}
-    )
+    signer = station.ctx.signer
+    kid = signer.current_kid
+    assert kid is not None
+    key = signer._keys[kid].secret  # the real key: only the expiry is wrong
+    forged = jwt.encode(expired, key, algorithm="HS256", headers={"kid": kid})
+    r = await station.client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {forged}"})
     assert r.status_code == 401
 
 

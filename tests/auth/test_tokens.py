@@ -8,7 +8,7 @@ from tests.helpers import StationHandle
 from waystation.auth.models import ApiToken
 from waystation.devices.models import Device
 
-ITEM = {"channel": "controller:lab/x", "value": 1.5}
+ITEM = {"channel": "flow:lab/x", "value": 1.5}
 
 
 async def test_api_token_is_shown_once_and_stored_hashed(station: StationHandle) -> None:

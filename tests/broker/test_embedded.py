@@ -17,6 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.helpers import free_port
+from waystation.broker.embedded import port_is_free
 
 WAYSTATION = [sys.executable, "-m", "waystation"]
 
@@ -47,6 +48,19 @@ def _wait_ready(http_port: int, proc: subprocess.Popen[bytes], timeout: float = 
             pass
         time.sleep(0.2)
     raise AssertionError("station never became ready")
+
+
+def _refused_on_connect(client: paho.Client) -> bool:
+    """Run the client's network loop until the broker answered its CONNECT; True if it refused."""
+    answer: list[bool] = []
+    client.on_connect = lambda c, u, flags, reason, props: answer.append(reason.is_failure)
+    client.loop_start()
+    deadline = time.monotonic() + 5
+    while not answer and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.loop_stop()
+    client.disconnect()
+    return bool(answer and answer[0])
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
@@ -90,9 +104,18 @@ def test_run_demo_on_embedded_broker(tmp_path: Path, broker_kind: str) -> None:
 
         status = httpx.get(f"{base}/api/v1/status/ingest", headers=headers).json()
         assert status["embedded_broker"]["kind"] == broker_kind
-        # The broker listens on loopback and a plain MQTT client can talk to it.
+        sync = httpx.get(f"{base}/api/v1/broker/sync", headers=headers).json()
+        # Both managed brokers enforce accounts (the demo devices log in with their own): Mosquitto
+        # through its dynamic security plugin, amqtt through the account file the station writes.
+        assert sync["mode"] == ("mosquitto-dynsec" if broker_kind == "mosquitto" else "password-file")
+        anonymous = paho.Client(CallbackAPIVersion.VERSION2, client_id="anonymous")
+        refused = anonymous.connect("127.0.0.1", mqtt_port) != 0 or _refused_on_connect(anonymous)
+        assert refused
+        # The broker listens on loopback and an MQTT client with the right account can talk to it.
         got: list[bytes] = []
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id="smoke")
+        station_password = (tmp_path / "data" / "keys" / "broker-station.key").read_text().strip()
+        client.username_pw_set("waystation", station_password)
         client.on_message = lambda c, u, m: got.append(m.payload)
         client.connect("127.0.0.1", mqtt_port)
         client.subscribe("station/+/device/+/state")
@@ -150,3 +173,32 @@ def test_first_start_without_demo_prints_a_setup_link(tmp_path: Path) -> None:
         log.close()
     output = (tmp_path / "out.log").read_text()
     assert f"http://127.0.0.1:{http_port}/setup?token=wss_" in output.replace("\n", "")
+
+
+def test_a_killed_station_does_not_leave_its_broker_behind(tmp_path: Path) -> None:
+    """SIGKILL gives the station no chance to stop its Mosquitto child: the child must still go (the
+    kernel's parent-death signal), so the next start finds the port free."""
+    mqtt_port, http_port = free_port(), free_port()
+    env = _env(tmp_path, mqtt_port, http_port)
+    log = (tmp_path / "out.log").open("wb")
+    proc = subprocess.Popen([*WAYSTATION, "run"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_ready(http_port, proc)
+        child = int((tmp_path / "data" / "broker" / "child.pid").read_text())
+        assert Path(f"/proc/{child}").exists()
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not port_is_free("127.0.0.1", mqtt_port):
+            time.sleep(0.1)
+        assert port_is_free("127.0.0.1", mqtt_port), "the broker child outlived the station"
+        # And the station starts again on the same data directory and port.
+        again = subprocess.Popen([*WAYSTATION, "run"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            _wait_ready(http_port, again)
+        finally:
+            _stop(again)  # (uvicorn re-raises SIGTERM after its graceful shutdown: exit status -15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()

@@ -26,7 +26,10 @@ def test_matching_follows_mqtt_rules(topic_filter: str, topic: str, expected: bo
     assert matches(topic_filter, topic) is expected
 
 
-@pytest.mark.parametrize("bad", ["", "a/#/b", "a/b#", "a+/b", "x\x00"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "a/#/b", "a/b#", "a+/b", "x\x00", "a/\x01", "a/\x7f", "a/\x85", "a/\ufdd0", "a/\uffff", "a/\ud800"],
+)
 def test_invalid_filters_are_rejected(bad: str) -> None:
     with pytest.raises(ValueError, match=r"topic filter|must be"):
         validate_filter(bad)

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -20,6 +21,7 @@ from sqlalchemy import func, select
 from tests.helpers import free_port, start_mosquitto, start_station, wait_for
 from waystation.config import Settings
 from waystation.db import Database
+from waystation.devices.types import seed_device_types
 from waystation.simulator.fleet import FleetMember, register_fleet
 from waystation.station.service import ensure_default_station
 from waystation.telemetry.models import Channel, Datapoint
@@ -119,19 +121,24 @@ def _station_process(
     raise AssertionError("station did not become ready")
 
 
+async def _broker_and_one_sensor(
+    tmp_path: Path, database_url: str, device_id: str
+) -> tuple[Any, Database, str]:
+    """A private Mosquitto (no sessions left by other tests) and a database with one registered sensor."""
+    mosquitto = start_mosquitto(tmp_path / "broker")
+    db = Database(Settings(data_dir=tmp_path / "data", database_url=database_url))
+    async with db.session() as session:
+        station_id = (await ensure_default_station(session)).id
+    async with db.session() as session:
+        await seed_device_types(session)
+    await register_fleet(db, station_id, [FleetMember(device_id, "sensor", device_id)])
+    return mosquitto, db, station_id
+
+
 async def test_kill_9_mid_stream_then_restart_stores_every_message_exactly_once(
     tmp_path: Path, database_url: str
 ) -> None:
-    mosquitto = start_mosquitto(tmp_path / "broker")  # its own broker: no sessions left by other tests
-    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
-    db = Database(settings)
-    async with db.session() as session:
-        station_id = (await ensure_default_station(session)).id
-    from waystation.devices.types import seed_device_types
-
-    async with db.session() as session:
-        await seed_device_types(session)
-    await register_fleet(db, station_id, [FleetMember("k9-1", "sensor", "Kill nine")])
+    mosquitto, db, station_id = await _broker_and_one_sensor(tmp_path, database_url, "k9-1")
     http_port = free_port()
     count = 3000
     proc = _station_process(tmp_path, database_url, mosquitto.port, http_port)
@@ -142,7 +149,9 @@ async def test_kill_9_mid_stream_then_restart_stores_every_message_exactly_once(
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         await asyncio.sleep(0.5)  # the stream goes on while the station is dead; the broker holds it
-        proc = _station_process(tmp_path, database_url, mosquitto.port, http_port)
+        # A fresh port: the old one is in the ephemeral range, and another test's outbound connection
+        # may take it as its local port the moment the killed station lets go of it.
+        proc = _station_process(tmp_path, database_url, mosquitto.port, free_port())
         await asyncio.to_thread(pub.stop)
         assert len(pub.acked) == count
         await wait_for(lambda: _stored(db, "device:k9-1/a"), timeout=5, message="rows")
@@ -160,6 +169,47 @@ async def test_kill_9_mid_stream_then_restart_stores_every_message_exactly_once(
         assert total == distinct == count
         total_b, _ = await _stored(db, "device:k9-1/b")
         assert total_b == count
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        await db.dispose()
+        mosquitto.stop()
+
+
+async def test_sigterm_mid_stream_stops_promptly_and_loses_nothing(tmp_path: Path, database_url: str) -> None:
+    """A graceful stop under a steady stream: the station commits what it holds and exits within seconds
+    (it stops taking new messages instead of chasing the stream); the broker keeps the rest for it."""
+    mosquitto, db, station_id = await _broker_and_one_sensor(tmp_path, database_url, "term-1")
+    count = 6000
+    proc = _station_process(tmp_path, database_url, mosquitto.port, free_port())
+    pub = Publisher(mosquitto.port, station_id, "term-1", count, rate=1000)
+    try:
+        pub.start()
+        await wait_for(lambda: pub.published >= count // 4, timeout=20, message="a quarter published")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+        stopped_in = time.monotonic() - started
+        published_when_stopped = pub.published
+        log = (tmp_path / "station.log").read_text()
+        # uvicorn shuts down cleanly, then re-raises the signal it caught (exit by SIGTERM, as systemd expects)
+        assert code in (0, -signal.SIGTERM), log[-2000:]
+        assert "Waystation stopped" in log, log[-2000:]
+        assert stopped_in < 12, f"graceful stop took {stopped_in:.1f}s under a 1,000 msg/s stream"
+        assert published_when_stopped < count  # the stream was still going when the station had stopped
+        proc = _station_process(tmp_path, database_url, mosquitto.port, free_port())
+        await asyncio.to_thread(pub.stop)
+        assert len(pub.acked) == count
+
+        async def complete() -> bool:
+            return (await _stored(db, "device:term-1/a"))[0] >= count
+
+        await wait_for(complete, timeout=60, message=f"all {count} messages stored")
+        total, distinct = await _stored(db, "device:term-1/a")
+        assert total == distinct == count
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -19,26 +19,26 @@ async def test_retention_purges_old_raw_data_and_rollups(station: StationHandle)
     now = datetime.now(UTC)
     old = [
         {
-            "channel": "controller:lab/t",
+            "channel": "flow:lab/t",
             "value": float(i),
             "ts": (now - timedelta(days=40, minutes=i)).isoformat(),
         }
         for i in range(30)
     ]
-    fresh = [{"channel": "controller:lab/t", "value": 100.0, "ts": (now - timedelta(minutes=5)).isoformat()}]
+    fresh = [{"channel": "flow:lab/t", "value": 100.0, "ts": (now - timedelta(minutes=5)).isoformat()}]
     r = await station.client.post("/api/v1/datapoints/batch", headers=headers, json={"items": old + fresh})
     assert r.json()["stored"] == 31
     station.ctx.retention.settings.retention_batch_rows = 7  # several small batches
     removed = await station.ctx.retention.purge_once()
     assert removed == {"raw": 30, "1m": 0, "1h": 0}  # rollups outlive raw data (180 days by default)
-    params = {"channel": "controller:lab/t", "from": (now - timedelta(days=60)).isoformat()}
+    params = {"channel": "flow:lab/t", "from": (now - timedelta(days=60)).isoformat()}
     r = await station.client.get("/api/v1/datapoints", headers=headers, params=params)
     assert [p["value"] for p in r.json()["items"]] == [100.0]
     r = await station.client.get("/api/v1/datapoints", headers=headers, params={**params, "bucket": "1h"})
     assert sum(b["count"] for b in r.json()["items"]) == 31  # the old data is still summarised
 
     await station.client.patch(
-        "/api/v1/channels/controller:lab/t", headers=headers, json={"rollup_1m_retention_days": 30}
+        "/api/v1/channels/flow:lab/t", headers=headers, json={"rollup_1m_retention_days": 30}
     )
     removed = await station.ctx.retention.purge_once()
     assert removed["raw"] == 0 and removed["1m"] >= 1 and removed["1h"] == 0
@@ -48,12 +48,12 @@ async def test_per_channel_retention_overrides_the_default(station: StationHandl
     headers = await station.owner_headers()
     now = datetime.now(UTC)
     items = [
-        {"channel": "controller:lab/h", "value": 1.0, "ts": (now - timedelta(days=3)).isoformat()},
-        {"channel": "controller:lab/h", "value": 2.0, "ts": now.isoformat()},
+        {"channel": "flow:lab/h", "value": 1.0, "ts": (now - timedelta(days=3)).isoformat()},
+        {"channel": "flow:lab/h", "value": 2.0, "ts": now.isoformat()},
     ]
     await station.client.post("/api/v1/datapoints/batch", headers=headers, json={"items": items})
     r = await station.client.patch(
-        "/api/v1/channels/controller:lab/h", headers=headers, json={"raw_retention_days": 1}
+        "/api/v1/channels/flow:lab/h", headers=headers, json={"raw_retention_days": 1}
     )
     assert r.status_code == 200 and r.json()["raw_retention_days"] == 1
     removed = await station.ctx.retention.purge_once()
@@ -93,7 +93,7 @@ async def test_websocket_rate_is_limited_and_auth_required(station: StationHandl
                 await station.client.post(
                     "/api/v1/datapoints/batch",
                     headers=headers,
-                    json={"items": [{"channel": "controller:rate/x", "value": float(i)}]},
+                    json={"items": [{"channel": "flow:rate/x", "value": float(i)}]},
                 )
                 await asyncio.sleep(0.025)
 
@@ -155,7 +155,7 @@ async def test_websocket_accepts_an_api_token(station: StationHandle) -> None:
         await station.client.post(
             "/api/v1/datapoints/batch",
             headers=owner,
-            json={"items": [{"channel": "controller:wst/x", "value": 7.0}]},
+            json={"items": [{"channel": "flow:wst/x", "value": 7.0}]},
         )
         message = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
     assert message["items"][0]["value"] == 7.0

@@ -136,35 +136,35 @@ async def test_query_errors_are_clear(station: StationHandle) -> None:
     await station.client.post(
         "/api/v1/datapoints/batch",
         headers=headers,
-        json={"items": [{"channel": "controller:lab/t", "value": 1}]},
+        json={"items": [{"channel": "flow:lab/t", "value": 1}]},
     )
     r = await station.client.get(
         "/api/v1/datapoints",
         headers=headers,
-        params={"channel": "controller:lab/t", "from": "2026-11-22T10:00:00Z", "to": "2026-11-22T09:00:00Z"},
+        params={"channel": "flow:lab/t", "from": "2026-11-22T10:00:00Z", "to": "2026-11-22T09:00:00Z"},
     )
     assert r.status_code == 422 and r.json()["code"] == "INVALID_TIME_RANGE"
     r = await station.client.get(
         "/api/v1/datapoints",
         headers=headers,
-        params={"channel": "controller:lab/t", "bucket": "1m", "from": "2016-01-01T00:00:00Z"},
+        params={"channel": "flow:lab/t", "bucket": "1m", "from": "2016-01-01T00:00:00Z"},
     )
     assert r.status_code == 422 and r.json()["code"] == "INVALID_TIME_RANGE"
     r = await station.client.get(
-        "/api/v1/datapoints", headers=headers, params={"channel": "controller:lab/t", "cursor": "garbage"}
+        "/api/v1/datapoints", headers=headers, params={"channel": "flow:lab/t", "cursor": "garbage"}
     )
     assert r.status_code == 400
 
 
 async def test_http_batch_validation(station: StationHandle) -> None:
     headers = await station.owner_headers()
-    too_many = [{"channel": "controller:c/x", "value": i} for i in range(501)]
+    too_many = [{"channel": "flow:c/x", "value": i} for i in range(501)]
     r = await station.client.post("/api/v1/datapoints/batch", headers=headers, json={"items": too_many})
     assert r.status_code == 422
     for bad in (
         {"channel": "weird", "value": 1},
-        {"channel": "controller:c/x", "value": "NaN"},
-        {"channel": "controller:c/x", "value": True},
+        {"channel": "flow:c/x", "value": "NaN"},
+        {"channel": "flow:c/x", "value": True},
     ):
         r = await station.client.post("/api/v1/datapoints/batch", headers=headers, json={"items": [bad]})
         assert r.status_code == 422, bad
@@ -178,7 +178,7 @@ async def test_http_batch_validation(station: StationHandle) -> None:
     r = await station.client.post(
         "/api/v1/datapoints/batch",
         headers=viewer,
-        json={"items": [{"channel": "controller:c/x", "value": 1}]},
+        json={"items": [{"channel": "flow:c/x", "value": 1}]},
     )
     assert r.status_code == 403
 

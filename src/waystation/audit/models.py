@@ -18,7 +18,7 @@ class AuditEntry(Base):
     ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     actor: Mapped[str] = mapped_column(String(120), index=True)
     action: Mapped[str] = mapped_column(String(80), index=True)
-    target: Mapped[str | None] = mapped_column(String(200), default=None)
+    target: Mapped[str | None] = mapped_column(String(200), default=None, index=True)  # "type:id"
     summary: Mapped[str] = mapped_column(Text, default="")
     ip: Mapped[str | None] = mapped_column(String(64), default=None)
     station_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from waystation.db import Base, JSONType, UTCDateTime, utcnow
@@ -20,6 +20,8 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The account's id in the cloud service, for users the cloud link manages (docs/cloud.md).
+    cloud_user_id: Mapped[str | None] = mapped_column(String(64), unique=True, index=True, default=None)
 
 
 class RefreshToken(Base):
@@ -52,3 +54,36 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class SigningKey(Base):
+    """A key that signs access tokens (`kid` in the JWT header). Rotated on a schedule and on demand;
+    a retired key still verifies until the last token it signed has expired."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_sealed: Mapped[str] = mapped_column(Text)  # encrypted with the station key (SecretBox)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    verify_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class RevokedToken(Base):
+    """Access tokens ended before their expiry (logout, password change): kept only until they expire."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SeenSignature(Base):
+    """Signatures of HMAC-signed internal calls already accepted (PROTOCOLS §11), shared by every worker:
+    inserting one is what accepts a request, so a replay finds its row and is refused."""
+
+    __tablename__ = "internal_signatures"
+
+    signature: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex HMAC-SHA256
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -33,6 +33,7 @@ class TokenPair(BaseModel):
 
 
 class SetupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     token: str = Field(min_length=10, max_length=256)
     username: str = Field(pattern=USERNAME_PATTERN)
     password: str = Field(min_length=8, max_length=256)
@@ -50,13 +51,48 @@ class UserOut(BaseModel):
     created_at: datetime
 
 
+class StationRoleOut(BaseModel):
+    """A station the caller can see, with the role they act with there (what the routes check)."""
+
+    id: str
+    name: str
+    is_default: bool
+    role: Role
+
+
+class MeOut(UserOut):
+    """`role` is the installation-wide role; `stations` the role at each visible station."""
+
+    stations: list[StationRoleOut] = Field(default_factory=list)
+
+
 class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     username: str = Field(pattern=USERNAME_PATTERN)
     password: str = Field(min_length=8, max_length=256)
     role: Role = "viewer"
 
 
 class UserUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     role: Role | None = None
     disabled: bool | None = None
     password: str | None = Field(default=None, min_length=8, max_length=256)
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    current_password: str = Field(min_length=1, max_length=256)
+    new_password: str = Field(min_length=8, max_length=256)
+
+
+class SigningKeyOut(BaseModel):
+    kid: str
+    created_at: datetime
+    retired_at: datetime | None
+    verify_until: datetime | None
+    current: bool
+
+
+class SigningKeyRotated(BaseModel):
+    kid: str

@@ -43,6 +43,14 @@ def verify_password(password: str, password_hash: str | None) -> bool:
             return False
 
 
+def is_password_hash(value: str) -> bool:
+    """True if `value` is a hash this station's hasher can verify (not a plaintext password)."""
+    try:
+        return any(hasher.identify(value) for hasher in _hasher.hashers)
+    except Exception:  # identify() refuses some inputs with an exception instead of False
+        return False
+
+
 def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 

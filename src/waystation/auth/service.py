@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from waystation.auth.models import RefreshToken, User
+from waystation.auth.models import RefreshToken, RevokedToken, User
 from waystation.auth.roles import ROLE_RANK
 from waystation.auth.schemas import TokenPair
 from waystation.auth.security import (
@@ -24,6 +24,7 @@ from waystation.auth.security import (
 from waystation.auth.tokens import TokenSigner
 from waystation.errors import (
     InvalidCredentials,
+    LastOwner,
     PasswordTooWeak,
     SetupAlreadyDone,
     SetupTokenInvalid,
@@ -32,6 +33,7 @@ from waystation.errors import (
     UserExists,
     UserNotFound,
 )
+from waystation.station import service as station_service
 from waystation.station.models import Setting
 
 SETUP_TOKEN_KEY = "setup_token_hash"
@@ -79,12 +81,24 @@ async def create_user(session: AsyncSession, username: str, password: str, role:
     user = User(username=username, password_hash=await asyncio.to_thread(hash_password, password), role=role)
     session.add(user)
     await session.flush()
+    await give_default_station(session, user)
     return user
+
+
+async def give_default_station(session: AsyncSession, user: User) -> None:
+    """See `station.service.join_default_station`."""
+    await station_service.join_default_station(session, user.id, user.role)
 
 
 async def set_password(session: AsyncSession, user: User, password: str) -> None:
     check_password_strength(password, user.username)
-    user.password_hash = await asyncio.to_thread(hash_password, password)
+    await set_password_hash(session, user, await asyncio.to_thread(hash_password, password))
+
+
+async def set_password_hash(session: AsyncSession, user: User, password_hash: str) -> None:
+    """Store an already hashed password (the cloud link sends hashes, never passwords); like a password
+    change, it bumps the password version and ends the user's sessions."""
+    user.password_hash = password_hash
     user.password_changed_at = datetime.now(UTC)
     # A new password ends every session of that user.
     await session.execute(
@@ -92,6 +106,17 @@ async def set_password(session: AsyncSession, user: User, password: str) -> None
         .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=datetime.now(UTC))
     )
+
+
+async def keep_an_owner(session: AsyncSession, leaving_user_id: int) -> None:
+    """Refuse to demote, disable or delete the installation's last enabled owner."""
+    others = await session.scalar(
+        select(func.count())
+        .select_from(User)
+        .where(User.role == "owner", User.disabled.is_(False), User.id != leaving_user_id)
+    )
+    if not others:
+        raise LastOwner("This is the last owner; make someone else owner first.")
 
 
 async def authenticate(session: AsyncSession, username: str, password: str) -> User:
@@ -102,16 +127,25 @@ async def authenticate(session: AsyncSession, username: str, password: str) -> U
     return user
 
 
+def password_version(changed_at: datetime) -> int:
+    """Access tokens carry this (`pwv`): a password change makes every older token invalid, to the
+    millisecond (the `iat` claim only has whole seconds)."""
+    return int(changed_at.timestamp() * 1000)
+
+
 async def issue_pair(
     session: AsyncSession, signer: TokenSigner, user: User, refresh_days: int, family_id: str | None = None
 ) -> TokenPair:
-    access, expires_in = signer.issue(user.id, user.username, user.role)
+    family_id = family_id or uuid.uuid4().hex
+    access, expires_in = signer.issue(
+        user.id, user.username, user.role, sid=family_id, pwv=password_version(user.password_changed_at)
+    )
     refresh = new_secret(REFRESH_PREFIX)
     session.add(
         RefreshToken(
             user_id=user.id,
             token_hash=sha256_hex(refresh),
-            family_id=family_id or uuid.uuid4().hex,
+            family_id=family_id,
             expires_at=datetime.now(UTC) + timedelta(days=refresh_days),
         )
     )
@@ -127,10 +161,27 @@ async def refresh(session: AsyncSession, signer: TokenSigner, token: str, refres
     if row.used_at is not None:
         # The caller revokes the family in its own transaction (this one rolls back with the error).
         raise RefreshTokenReused(row.family_id)
+    family_revoked = await session.scalar(
+        select(RefreshToken.id).where(
+            RefreshToken.family_id == row.family_id, RefreshToken.revoked_at.is_not(None)
+        )
+    )
+    if family_revoked is not None:
+        # A token minted by a refresh that raced a reuse detection: its family is already dead.
+        raise TokenInvalid("The refresh token is invalid, expired or revoked.")
     user = await session.get(User, row.user_id)
     if user is None or user.disabled:
         raise TokenInvalid("The user of this token no longer exists or is disabled.")
-    row.used_at = now
+    # Spend it with a guarded UPDATE: of several parallel refreshes with one token exactly one wins, and
+    # the others count as reuse (which revokes the family, the winner's new token included).
+    spent = await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.id == row.id, RefreshToken.used_at.is_(None), RefreshToken.revoked_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(spent, "rowcount", 0) != 1:
+        raise RefreshTokenReused(row.family_id)
     return await issue_pair(session, signer, user, refresh_days, family_id=row.family_id)
 
 
@@ -140,6 +191,12 @@ async def revoke_family(session: AsyncSession, family_id: str) -> None:
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=datetime.now(UTC))
     )
+
+
+async def revoke_access_token(session: AsyncSession, jti: str, expires_at: datetime) -> None:
+    """Deny this access token until it expires (after that, its signature check refuses it anyway)."""
+    if await session.get(RevokedToken, jti) is None:
+        session.add(RevokedToken(jti=jti, expires_at=expires_at))
 
 
 async def logout(session: AsyncSession, user_id: int, refresh_token: str | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from waystation.auth.models import ApiToken
@@ -58,6 +58,18 @@ async def revoke_token(session: AsyncSession, token_id: int) -> ApiToken:
     if token.revoked_at is None:
         token.revoked_at = datetime.now(UTC)
     return token
+
+
+async def revoke_tokens_of(session: AsyncSession, user_id: int) -> int:
+    """Revoke every live token `user_id` created (the user is about to be deleted: without a creator a
+    token would no longer be capped by anyone's role). Returns how many were revoked."""
+    result = await session.execute(
+        update(ApiToken)
+        .where(ApiToken.created_by == user_id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def authenticate_token(session: AsyncSession, plaintext: str) -> ApiToken:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from waystation.db import Base, JSONType, UTCDateTime, utcnow
@@ -33,6 +33,8 @@ class Device(Base):
     firmware_version: Mapped[str | None] = mapped_column(String(64), default=None)
     chip: Mapped[str | None] = mapped_column(String(64), default=None)
     status: Mapped[str] = mapped_column(String(16), default="unknown")
+    # A disabled device keeps its data but loses its broker account (and is disconnected) until enabled.
+    enabled: Mapped[bool] = mapped_column(default=True, server_default=true())
     last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     state: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     # SHA-256 of the device's HTTP token (`X-Device-Token`); the token itself is shown once.

@@ -17,7 +17,8 @@ TOPIC_ROOT = "station"
 # Suffixes the station itself publishes under the same root; seen again on `station/#`, ignored.
 OUTGOING_SUFFIXES = frozenset({"command", "handshake/ack"})
 INCOMING_SUFFIXES = frozenset({"handshake", "state", "event", "heartbeat", "command/ack"})
-EVENT_KINDS = frozenset({"device_event", "user_event"})
+# `ota`: firmware update progress, `data` {"state", "progress", "error"} (docs/ota.md).
+EVENT_KINDS = frozenset({"device_event", "user_event", "ota"})
 ACK_STATUSES = frozenset({"accepted", "applied", "failed"})
 
 # Rejection reasons (metric label values; documented in docs/device-protocol.md).
@@ -27,6 +28,7 @@ INVALID_FIELDS = "invalid_fields"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 UNKNOWN_TOPIC = "unknown_topic"
 UNKNOWN_DEVICE = "unknown_device"
+DEVICE_DISABLED = "device_disabled"
 REJECTION_REASONS = (
     INVALID_JSON,
     NOT_AN_OBJECT,
@@ -34,6 +36,7 @@ REJECTION_REASONS = (
     PAYLOAD_TOO_LARGE,
     UNKNOWN_TOPIC,
     UNKNOWN_DEVICE,
+    DEVICE_DISABLED,
 )
 
 
@@ -156,7 +159,7 @@ def parse_message(suffix: str, data: dict[str, Any]) -> Message | Rejection:
     if suffix == "event":
         kind = data.get("event")
         if not isinstance(kind, str) or kind not in EVENT_KINDS:
-            return Rejection(INVALID_FIELDS, "'event' must be 'device_event' or 'user_event'")
+            return Rejection(INVALID_FIELDS, "'event' must be 'device_event', 'user_event' or 'ota'")
         payload = data.get("data", {})
         if not isinstance(payload, dict):
             return Rejection(INVALID_FIELDS, "'data' must be an object")

@@ -4,6 +4,10 @@ Read top to bottom: `on_message` (MQTT thread → loop) validates and records in
 buffers; `flush` writes everything pending in one transaction every `device_flush_interval_ms` and
 publishes the bus events after the commit; `watch` marks silent devices offline and times out commands.
 A directory of known devices (id → station, type) is kept in memory so a message costs no query.
+
+With several workers (`shared`, docs/scaling.md) each one sees only some of a device's messages, so
+the database decides: a status change is announced only by the worker whose guarded UPDATE changed the
+row, and the presence watchdog runs on the leader only, from the `last_seen` every worker flushes.
 """
 
 from __future__ import annotations
@@ -13,17 +17,18 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from waystation.audit import service as audit
-from waystation.bus import Bus
+from waystation.bus import Bus, Gap, TypeFilter
 from waystation.config import Settings
-from waystation.db import Database, emit
+from waystation.db import Database, emit, in_list
 from waystation.devices import protocol
 from waystation.devices.models import Command, Device, DeviceEvent
 from waystation.devices.protocol import (
@@ -36,6 +41,7 @@ from waystation.devices.protocol import (
 )
 from waystation.devices.service import get_device, get_type
 from waystation.devices.types import validate_command
+from waystation.errors import DeviceDisabled
 from waystation.logs import RateLimitedLog
 from waystation.mqtt.link import MqttLink
 from waystation.mqtt.topics import MessageInfo
@@ -46,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING_EVENTS = 10_000
 MAX_LOOKUPS = 100  # concurrent database look-ups of unknown device ids
+MAX_WAITING = 10_000  # messages waiting, in all, for the look-up of their device already under way
 UNKNOWN_DEVICE_RECHECK_SECONDS = 10.0  # an id not in the database is not looked up again sooner
 LAST_SEEN_WRITE_INTERVAL = 15.0  # seconds; last_seen is kept exact in memory, persisted at this pace
 _ACK_FROM = {
@@ -62,6 +69,7 @@ class KnownDevice:
     status: str
     last_seen: float = 0.0  # wall-clock seconds
     persisted_seen: float = 0.0
+    enabled: bool = True
 
 
 @dataclass
@@ -97,7 +105,25 @@ class DeviceRuntime:
         self.dropped_events = 0
         self._background: set[asyncio.Task[None]] = set()
         self._lookups: set[asyncio.Task[None]] = set()
+        # Messages of a device whose look-up is under way wait for it (one query per device, in order):
+        # a device created on another worker can send a burst before this worker knows it.
+        self._waiting: dict[str, list[tuple[protocol.DeviceTopic, protocol.Message, str, MessageInfo]]] = {}
+        self._waiting_count = 0
         self._not_found: dict[str, float] = {}
+        # Per action, a last touch to a command's parameters when it actually goes out (OTA re-signs its
+        # short-lived download link, so a command queued for an offline device still works when sent).
+        self.before_send: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+        # Several workers: statuses are claimed in the database, the watchdog runs where `is_leader()`.
+        self.shared = False
+        self.is_leader: Callable[[], bool] = lambda: True
+        self.seen_write_interval = LAST_SEEN_WRITE_INTERVAL
+
+    def share(self, is_leader: Callable[[], bool]) -> None:
+        """Run as one of several workers: `last_seen` is flushed often enough for the leader's watchdog
+        (a quarter of the heartbeat timeout at most), and statuses are decided in the database."""
+        self.shared = True
+        self.is_leader = is_leader
+        self.seen_write_interval = min(LAST_SEEN_WRITE_INTERVAL, self.settings.heartbeat_timeout_seconds / 4)
 
     # --- set-up ----------------------------------------------------------------------------------
 
@@ -105,11 +131,18 @@ class DeviceRuntime:
         async with self.db.session() as session:
             rows = (
                 await session.execute(
-                    select(Device.id, Device.station_id, Device.type, Device.status, Device.last_seen)
+                    select(
+                        Device.id,
+                        Device.station_id,
+                        Device.type,
+                        Device.status,
+                        Device.last_seen,
+                        Device.enabled,
+                    )
                 )
             ).all()
         now = time.time()
-        for device_id, station_id, type_id, status, last_seen in rows:
+        for device_id, station_id, type_id, status, last_seen, enabled in rows:
             seen = last_seen.timestamp() if last_seen else 0.0
             # A device that was online when we stopped gets a full timeout to speak up again.
             self.known[device_id] = KnownDevice(
@@ -118,6 +151,7 @@ class DeviceRuntime:
                 status,
                 last_seen=max(seen, now) if status == "online" else seen,
                 persisted_seen=seen,
+                enabled=bool(enabled),
             )
         self._update_online_gauge()
 
@@ -129,6 +163,13 @@ class DeviceRuntime:
     def device_added(self, device_id: str, station_id: str, type_id: str) -> None:
         self.known[device_id] = KnownDevice(station_id, type_id, "unknown")
         self._not_found.pop(device_id, None)
+
+    def device_enabled(self, device_id: str, enabled: bool) -> None:
+        """A disabled device's messages are dropped and it gets no commands, also on brokers that cannot
+        cut it off at once (emqx-http keeps a session until its cache expires)."""
+        known = self.known.get(device_id)
+        if known is not None:
+            known.enabled = enabled
 
     def device_removed(self, device_id: str) -> None:
         self.known.pop(device_id, None)
@@ -170,6 +211,9 @@ class DeviceRuntime:
         if device.station_id != parts.station_id:
             self._refuse_unknown(parts, message, topic)
             return
+        if not device.enabled:
+            self._reject(Rejection(protocol.DEVICE_DISABLED, "device is disabled"), topic, parts.device_id)
+            return
         self.metrics.accept(parts.suffix)
         self._record(parts.device_id, device, message, info)
 
@@ -189,11 +233,19 @@ class DeviceRuntime:
         self, parts: protocol.DeviceTopic, message: protocol.Message, topic: str, info: MessageInfo
     ) -> None:
         now = time.monotonic()
+        waiting = self._waiting.get(parts.device_id)
+        if waiting is not None and self._waiting_count < MAX_WAITING:
+            if info.ack is not None:
+                info.ack.hold()
+            waiting.append((parts, message, topic, info))
+            self._waiting_count += 1
+            return
         if self._not_found.get(parts.device_id, 0.0) > now or len(self._lookups) >= MAX_LOOKUPS:
             self._refuse_unknown(parts, message, topic)
             return
         if info.ack is not None:
             info.ack.hold()  # not acknowledged before we know what to do with it
+        self._waiting[parts.device_id] = []
         task = asyncio.get_running_loop().create_task(self._resolve(parts, message, topic, info))
         self._lookups.add(task)
         task.add_done_callback(self._lookups.discard)
@@ -201,11 +253,32 @@ class DeviceRuntime:
     async def _resolve(
         self, parts: protocol.DeviceTopic, message: protocol.Message, topic: str, info: MessageInfo
     ) -> None:
+        later: list[tuple[protocol.DeviceTopic, protocol.Message, str, MessageInfo]] = []
         try:
             await self._resolve_and_record(parts, message, topic, info)
         finally:
             if info.ack is not None:
                 info.ack.release()
+            later = self._waiting.pop(parts.device_id, [])
+            self._waiting_count -= len(later)
+        # The device is known now (or known not to exist): its waiting messages take the normal path.
+        for w_parts, w_message, w_topic, w_info in later:
+            try:
+                if parts.device_id in self.known:
+                    device = self.known[parts.device_id]
+                    if device.station_id != w_parts.station_id:
+                        self._refuse_unknown(w_parts, w_message, w_topic)
+                    elif not device.enabled:
+                        disabled = Rejection(protocol.DEVICE_DISABLED, "device is disabled")
+                        self._reject(disabled, w_topic, parts.device_id)
+                    else:
+                        self.metrics.accept(w_parts.suffix)
+                        self._record(parts.device_id, device, w_message, w_info)
+                else:
+                    self._refuse_unknown(w_parts, w_message, w_topic)
+            finally:
+                if w_info.ack is not None:
+                    w_info.ack.release()
 
     async def _resolve_and_record(
         self, parts: protocol.DeviceTopic, message: protocol.Message, topic: str, info: MessageInfo
@@ -214,7 +287,7 @@ class DeviceRuntime:
             async with self.db.session() as session:
                 row = (
                     await session.execute(
-                        select(Device.station_id, Device.type, Device.status).where(
+                        select(Device.station_id, Device.type, Device.status, Device.enabled).where(
                             Device.id == parts.device_id
                         )
                     )
@@ -228,9 +301,14 @@ class DeviceRuntime:
             self._not_found[parts.device_id] = time.monotonic() + UNKNOWN_DEVICE_RECHECK_SECONDS
             self._refuse_unknown(parts, message, topic)
             return
-        device = self.known.setdefault(parts.device_id, KnownDevice(row.station_id, row.type, row.status))
+        device = self.known.setdefault(
+            parts.device_id, KnownDevice(row.station_id, row.type, row.status, enabled=bool(row.enabled))
+        )
         if device.station_id != parts.station_id:
             self._refuse_unknown(parts, message, topic)
+            return
+        if not device.enabled:
+            self._reject(Rejection(protocol.DEVICE_DISABLED, "device is disabled"), topic, parts.device_id)
             return
         self.metrics.accept(parts.suffix)
         self._record(parts.device_id, device, message, info)
@@ -349,7 +427,7 @@ class DeviceRuntime:
             if pending.empty():
                 return
             try:
-                async with self.db.session() as session:
+                async with self.db.writer() as session:
                     await self._write(session, pending)
                 self.metrics.device_flushes.inc()
             except Exception:
@@ -382,14 +460,21 @@ class DeviceRuntime:
             | {
                 d
                 for d in pending.seen
-                if (k := self.known.get(d)) is not None and now - k.persisted_seen >= LAST_SEEN_WRITE_INTERVAL
+                if (k := self.known.get(d)) is not None and now - k.persisted_seen >= self.seen_write_interval
             }
         )
         touched &= set(self.known)
         current: dict[str, dict[str, Any]] = {}
         if pending.state:
-            rows = await session.execute(select(Device.id, Device.state).where(Device.id.in_(pending.state)))
+            query = select(Device.id, Device.state).where(Device.id.in_(in_list(pending.state)))
+            rows = await session.execute(query)
             current = {device_id: dict(state or {}) for device_id, state in rows}
+        announced = pending.status
+        if self.shared:
+            # Every device seen is (still) online as far as this worker knows; the row decides whether
+            # that is news. Explicit changes (a will, a broker report) win over "seen".
+            wanted = {d: "online" for d in pending.seen if d in self.known} | pending.status
+            announced = await self._claim_status(session, wanted)
         updates = []
         for device_id in touched:
             known = self.known[device_id]
@@ -397,7 +482,7 @@ class DeviceRuntime:
             if known.last_seen:
                 row["last_seen"] = datetime.fromtimestamp(known.last_seen, UTC)
                 known.persisted_seen = known.last_seen
-            if device_id in pending.status:
+            if device_id in pending.status and not self.shared:
                 row["status"] = pending.status[device_id]
             if device_id in pending.state and device_id in current:
                 row["state"] = {**current[device_id], **pending.state[device_id]}
@@ -416,16 +501,44 @@ class DeviceRuntime:
         for device_id, ack in pending.acks:
             await self._apply_ack(session, device_id, ack)
 
-        self._emit_flushed(session, pending, set(current))
+        self._emit_flushed(session, pending, set(current), announced)
 
-    def _emit_flushed(self, session: AsyncSession, pending: Pending, existing: set[str]) -> None:
+    async def _claim_status(self, session: AsyncSession, wanted: dict[str, str]) -> dict[str, str]:
+        """Set each device's status where it differs; return only the rows this UPDATE changed, so of
+        several workers exactly one announces a transition."""
+        by_status: dict[str, list[str]] = {}
+        for device_id, status in wanted.items():
+            by_status.setdefault(status, []).append(device_id)
+        changed: dict[str, str] = {}
+        for status, ids in by_status.items():
+            result = await session.execute(
+                update(Device)
+                .where(Device.id.in_(in_list(ids)), Device.status != status)
+                .values(status=status)
+                .returning(Device.id)
+                .execution_options(synchronize_session=False)
+            )
+            for device_id in result.scalars():
+                changed[device_id] = status
+        for device_id, status in changed.items():
+            if (known := self.known.get(device_id)) is not None and known.status != status:
+                known.status = status
+                if status == "online":
+                    self._pending.online_again.add(device_id)
+        if changed:
+            self._update_online_gauge()
+        return changed
+
+    def _emit_flushed(
+        self, session: AsyncSession, pending: Pending, existing: set[str], announced: dict[str, str]
+    ) -> None:
         """Bus events for what this flush wrote; published only once it has committed."""
 
         def station_of(device_id: str) -> str | None:
             owner = self.known.get(device_id)
             return owner.station_id if owner is not None else None
 
-        for device_id, status in pending.status.items():
+        for device_id, status in announced.items():
             if (sid := station_of(device_id)) is not None:
                 emit(session, f"device.{status}", {"device_id": device_id}, sid)
         for device_id, state in pending.state.items():
@@ -493,7 +606,26 @@ class DeviceRuntime:
             except Exception:
                 log.exception("presence check failed")
 
+    def broker_presence(self, device_id: str, online: bool) -> bool:
+        """The broker reported that the device's client connected or disconnected (EMQX webhook). Same path
+        as MQTT presence: the status is written by the next flush, which publishes `device.online` /
+        `device.offline` and sends queued commands. False if the device is not known here."""
+        device = self.known.get(device_id)
+        if device is None:
+            return False
+        if online:
+            # A fresh connection counts as a sign of life, so the watchdog gives it a full timeout.
+            device.last_seen = time.time()
+            self._pending.seen.add(device_id)
+        self._set_status(device_id, device, "online" if online else "offline")
+        self._wake.set()
+        return True
+
     async def check_presence(self) -> None:
+        if self.shared:
+            if self.is_leader():
+                await self._check_presence_shared()
+            return
         cutoff = time.time() - self.settings.heartbeat_timeout_seconds
         went_silent = [d for d, k in self.known.items() if k.status == "online" and k.last_seen < cutoff]
         for device_id in went_silent:
@@ -505,6 +637,46 @@ class DeviceRuntime:
                 self.settings.heartbeat_timeout_seconds,
             )
             await self.flush()
+
+    async def _check_presence_shared(self) -> None:
+        """The leader's watchdog: devices whose flushed `last_seen` is older than the timeout go offline
+        (the guarded UPDATE also keeps a device that just spoke to another worker online)."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.heartbeat_timeout_seconds)
+        async with self.db.session() as session:
+            result = await session.execute(
+                update(Device)
+                .where(Device.status == "online", or_(Device.last_seen < cutoff, Device.last_seen.is_(None)))
+                .values(status="offline")
+                .returning(Device.id, Device.station_id)
+                .execution_options(synchronize_session=False)
+            )
+            silent = result.all()
+            for device_id, station_id in silent:
+                emit(session, "device.offline", {"device_id": device_id}, station_id)
+                if (known := self.known.get(device_id)) is not None:
+                    known.status = "offline"
+        if silent:
+            self._update_online_gauge()
+            log.info(
+                "%d device(s) silent for %.0fs, now offline",
+                len(silent),
+                self.settings.heartbeat_timeout_seconds,
+            )
+
+    async def follow_others(self) -> None:
+        """Several workers: learn the status changes other workers announced, so this one's view (who
+        gets commands at once) stays right. Runs until cancelled."""
+        sub = self.bus.subscribe(TypeFilter(["device.online", "device.offline"]), maxsize=10_000)
+        try:
+            async for item in sub:
+                if isinstance(item, Gap) or item.origin is None:
+                    continue
+                known = self.known.get(str(item.data.get("device_id")))
+                if known is not None:
+                    known.status = item.type.removeprefix("device.")
+                    self._update_online_gauge()
+        finally:
+            sub.close()
 
     async def expire_commands(self) -> None:
         now = datetime.now(UTC)
@@ -550,6 +722,8 @@ class DeviceRuntime:
         """Validate, store (queued), then send now if the device is online; otherwise it waits."""
         async with self.db.session() as session:
             device = await get_device(session, device_id)
+            if not device.enabled:
+                raise DeviceDisabled(f"Device {device_id!r} is disabled; enable it to send commands.")
             validate_command(await get_type(session, device.type), action, params)
             now = datetime.now(UTC)
             cmd = Command(
@@ -600,28 +774,40 @@ class DeviceRuntime:
         return sent
 
     async def _send(self, cmd: Command, station_id: str) -> int:
-        if self.link is None:
+        if self.link is None or not self.link.connected:
             return 0
-        payload = {"request_id": cmd.request_id, "action": cmd.action, **(cmd.params or {})}
-        if not self.link.publish_json(protocol.device_topic(station_id, cmd.device_id, "command"), payload):
-            return 0  # broker down: stays queued and goes out when the link is back
+        params = dict(cmd.params or {})
+        prepare = self.before_send.get(cmd.action)
+        if prepare is not None:
+            params = prepare(params)
+        payload = {"request_id": cmd.request_id, "action": cmd.action, **params}
         now = datetime.now(UTC)
+        # Claim queued → sent before publishing: a command submitted just as its device comes online (two
+        # senders at once) goes out exactly once, and an ack that beats the status update is not lost.
         async with self.db.session() as session:
-            # Only queued → sent: a fast device may already have acknowledged it.
-            result = await session.execute(
+            claimed = await session.execute(
                 update(Command)
                 .where(Command.request_id == cmd.request_id, Command.status == "queued")
                 .values(status="sent", sent_at=now, updated_at=now)
                 .returning(Command.request_id)
             )
-            if result.scalar() is not None:
-                cmd.status, cmd.sent_at = "sent", now
-            emit(
-                session,
-                "device.command_sent",
-                {"device_id": cmd.device_id, "request_id": cmd.request_id, "action": cmd.action},
-                station_id,
-            )
+            if claimed.scalar() is None:
+                return 0  # someone else sent it (or it expired meanwhile)
+        if not self.link.publish_json(protocol.device_topic(station_id, cmd.device_id, "command"), payload):
+            # Broker down: back to the queue; it goes out when the link is back.
+            async with self.db.session() as session:
+                await session.execute(
+                    update(Command)
+                    .where(Command.request_id == cmd.request_id, Command.status == "sent")
+                    .values(status="queued", sent_at=None, updated_at=datetime.now(UTC))
+                )
+            return 0
+        cmd.status, cmd.sent_at = "sent", now
+        self.bus.emit(
+            "device.command_sent",
+            {"device_id": cmd.device_id, "request_id": cmd.request_id, "action": cmd.action},
+            station_id,
+        )
         return 1
 
     def _on_link_change(self, connected: bool) -> None:

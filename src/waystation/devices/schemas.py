@@ -24,6 +24,7 @@ class DeviceUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, min_length=1, max_length=120)
     zone: str | None = Field(default=None, max_length=120)
+    enabled: bool | None = None  # false removes the device's broker access and disconnects it
 
 
 class DeviceOut(BaseModel):
@@ -37,11 +38,24 @@ class DeviceOut(BaseModel):
     firmware_version: str | None
     chip: str | None
     state: dict[str, Any]
+    enabled: bool = True
     created_at: datetime
+
+
+class MqttAccessOut(BaseModel):
+    """How a device reaches the broker (PROTOCOLS §3 `mqtt`); the password is shown once."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str
+    password: str
+    client_id: str
 
 
 class DeviceCreated(DeviceOut):
     device_token: str  # for `X-Device-Token`; shown once
+    mqtt: MqttAccessOut  # the device's own broker account; shown once
 
 
 class DeviceTokenOut(BaseModel):

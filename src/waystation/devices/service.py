@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,8 +31,18 @@ def device_out(device: Device) -> DeviceOut:
         firmware_version=device.firmware_version,
         chip=device.chip,
         state=device.state or {},
+        enabled=device.enabled,
         created_at=device.created_at,
     )
+
+
+def _public_params(action: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Command parameters as shown to API callers: an OTA download link is a short-lived credential (its
+    query string is the signature), so only its path is shown."""
+    url = params.get("url")
+    if action == "ota_update" and isinstance(url, str) and "?" in url:
+        return {**params, "url": url.split("?", 1)[0] + "?…"}
+    return params
 
 
 def command_out(cmd: Command) -> CommandOut:
@@ -40,7 +50,7 @@ def command_out(cmd: Command) -> CommandOut:
         request_id=cmd.request_id,
         device_id=cmd.device_id,
         action=cmd.action,
-        params=cmd.params or {},
+        params=_public_params(cmd.action, cmd.params or {}),
         status=cmd.status,
         error=cmd.error,
         created_at=cmd.created_at,
@@ -110,8 +120,11 @@ async def list_devices(
     type_id: str | None = None,
     limit: int = 100,
     cursor: str | None = None,
+    visible_stations: Collection[str] | None = None,
 ) -> tuple[Sequence[Device], str | None]:
     query = select(Device).order_by(Device.id).limit(limit + 1)
+    if visible_stations is not None:
+        query = query.where(Device.station_id.in_(list(visible_stations)))
     if station_id:
         query = query.where(Device.station_id == station_id)
     if status:
@@ -168,7 +181,7 @@ async def update_device(
     changed = []
     for field in body.model_fields_set:
         value = getattr(body, field)
-        if field == "name" and value is None:
+        if field in {"name", "enabled"} and value is None:
             continue
         if getattr(device, field) != value:
             setattr(device, field, value)
@@ -197,6 +210,8 @@ async def list_events(
     )
     if cursor:
         (before,) = decode_cursor(cursor, 1)
+        if not before.isdigit() or not 0 < int(before) <= 2**63 - 1:
+            raise BadRequest("The cursor is not valid; use the next_cursor of a previous page.")
         query = query.where(DeviceEvent.id < int(before))
     rows = list((await session.scalars(query)).all())
     next_cursor = encode_cursor(str(rows[limit - 1].id)) if len(rows) > limit else None

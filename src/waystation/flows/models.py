@@ -41,6 +41,9 @@ class Flow(Base):
     payload_schema: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     action: Mapped[str] = mapped_column(String(16))  # STORE_DB | POST_ENDPOINT
     endpoint_url: Mapped[str | None] = mapped_column(String(2048), default=None)
+    # POST_ENDPOINT signing secret (`whsec_…`) sealed with the station key: the plaintext is needed to sign
+    # every attempt. None for flows made before signing existed; their deliveries go out unsigned.
+    endpoint_secret_sealed: Mapped[str | None] = mapped_column(Text, default=None)
     enabled: Mapped[bool] = mapped_column(default=True)
     last_msg_id: Mapped[int] = mapped_column(BigInteger, default=0)
     accepted: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -109,6 +109,9 @@ class FlowRegistry:
         self._reload_lock = asyncio.Lock()
         self._bad_log = RateLimitedLog(log, 60.0)
         self.reloads = 0
+        # Several workers (docs/scaling.md): each its own session on other servers, one shared group.
+        self.client_suffix = ""
+        self.shared_group: str | None = None
 
     # --- subscriptions follow the database -------------------------------------------------------------
 
@@ -186,10 +189,11 @@ class FlowRegistry:
             # Same guarantee as the station's own broker: persistent session, acks only after commit.
             link = MqttLink(
                 endpoint,
-                client_id=server.client_id or f"waystation-flows-{server.id}",
+                client_id=(server.client_id or f"waystation-flows-{server.id}") + self.client_suffix,
                 persistent_session=True,
                 manual_ack=True,
                 session_expiry=self.settings.mqtt_session_expiry_seconds,
+                shared_group=self.shared_group,
             )
             link.start()
             self._links[server_id] = link

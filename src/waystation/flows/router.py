@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from waystation.audit import service as audit
-from waystation.auth.deps import client_ip, get_ctx, require
+from waystation.auth.deps import client_ip, get_ctx, require_global
 from waystation.auth.roles import Principal
 from waystation.context import AppContext
 from waystation.db import after_commit
@@ -16,11 +16,13 @@ from waystation.flows.schemas import (
     FlowCreate,
     FlowOut,
     FlowUpdate,
+    FlowWithSecret,
     MqttServerCreate,
     MqttServerOut,
     MqttServerUpdate,
 )
 from waystation.secrets_box import SecretBox
+from waystation.security.params import NameKey, RowId
 from waystation.telemetry import service as telemetry_service
 
 router = APIRouter(tags=["flows"])
@@ -32,21 +34,23 @@ def _box(ctx: AppContext) -> SecretBox:
 
 @router.get("/flows")
 async def list_flows(
-    _: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx)
+    _: Principal = Depends(require_global("admin")), ctx: AppContext = Depends(get_ctx)
 ) -> dict[str, list[FlowOut]]:
     async with ctx.db.session() as session:
         return {"items": [service.flow_out(f) for f in await service.list_flows(session)]}
 
 
-@router.post("/flows", response_model=FlowOut, status_code=201)
+@router.post("/flows", response_model=FlowWithSecret | FlowOut, status_code=201)
 async def create_flow(
     body: FlowCreate,
     request: Request,
-    principal: Principal = Depends(require("admin")),
+    principal: Principal = Depends(require_global("admin")),
     ctx: AppContext = Depends(get_ctx),
-) -> FlowOut:
+) -> FlowWithSecret | FlowOut:
+    """Create a flow. A POST_ENDPOINT flow's answer carries its `endpoint_secret`: the only time it is
+    shown."""
     async with ctx.db.session() as session:
-        flow = await service.create_flow(session, body, ctx.default_station_id)
+        flow, secret = await service.create_flow(session, body, ctx.default_station_id, ctx.box)
         audit.record(
             session,
             actor=principal.actor,
@@ -56,27 +60,31 @@ async def create_flow(
             ip=client_ip(request),
             station_id=flow.station_id,
         )
-        return service.flow_out(flow)
+        return service.flow_with_secret(flow, secret)
 
 
 @router.get("/flows/{code}", response_model=FlowOut)
 async def get_flow(
-    code: str, _: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx)
+    code: NameKey,
+    _: Principal = Depends(require_global("admin")),
+    ctx: AppContext = Depends(get_ctx),
 ) -> FlowOut:
     async with ctx.db.session() as session:
         return service.flow_out(await service.get_flow(session, code))
 
 
-@router.patch("/flows/{code}", response_model=FlowOut)
+@router.patch("/flows/{code}", response_model=FlowWithSecret | FlowOut)
 async def update_flow(
-    code: str,
+    code: NameKey,
     body: FlowUpdate,
     request: Request,
-    principal: Principal = Depends(require("admin")),
+    principal: Principal = Depends(require_global("admin")),
     ctx: AppContext = Depends(get_ctx),
-) -> FlowOut:
+) -> FlowWithSecret | FlowOut:
+    """Change a flow. Switching it to POST_ENDPOINT makes a new `endpoint_secret`, shown in this answer
+    only."""
     async with ctx.db.session() as session:
-        flow = await service.update_flow(session, code, body)
+        flow, secret = await service.update_flow(session, code, body, ctx.box)
         audit.record(
             session,
             actor=principal.actor,
@@ -86,14 +94,14 @@ async def update_flow(
             ip=client_ip(request),
             station_id=flow.station_id,
         )
-        return service.flow_out(flow)
+        return service.flow_with_secret(flow, secret)
 
 
 @router.delete("/flows/{code}", status_code=204)
 async def delete_flow(
-    code: str,
+    code: NameKey,
     request: Request,
-    principal: Principal = Depends(require("admin")),
+    principal: Principal = Depends(require_global("admin")),
     ctx: AppContext = Depends(get_ctx),
 ) -> Response:
     async with ctx.db.session() as session:
@@ -114,11 +122,34 @@ async def delete_flow(
     return Response(status_code=204)
 
 
+@router.post("/flows/{code}/rotate-secret", response_model=FlowWithSecret)
+async def rotate_flow_secret(
+    code: NameKey,
+    request: Request,
+    principal: Principal = Depends(require_global("admin")),
+    ctx: AppContext = Depends(get_ctx),
+) -> FlowWithSecret:
+    """A new endpoint secret, shown once. Every attempt from now on (retries too) is signed with it only."""
+    async with ctx.db.session() as session:
+        flow = await service.get_flow(session, code)
+        secret = service.rotate_endpoint_secret(flow, ctx.box)
+        audit.record(
+            session,
+            actor=principal.actor,
+            action="flow.rotate_secret",
+            target=f"flow:{code}",
+            summary="new endpoint signing secret",
+            ip=client_ip(request),
+            station_id=flow.station_id,
+        )
+        return FlowWithSecret(**service.flow_out(flow).model_dump(), endpoint_secret=secret)
+
+
 @router.get("/flows/{code}/records")
 async def flow_records(
-    code: str,
+    code: NameKey,
     limit: int = Query(default=100, ge=1, le=1000),
-    _: Principal = Depends(require("admin")),
+    _: Principal = Depends(require_global("admin")),
     ctx: AppContext = Depends(get_ctx),
 ) -> dict[str, Any]:
     async with ctx.db.session() as session:
@@ -128,9 +159,9 @@ async def flow_records(
 
 @router.get("/flows/{code}/deliveries")
 async def flow_deliveries(
-    code: str,
+    code: NameKey,
     limit: int = Query(default=100, ge=1, le=1000),
-    _: Principal = Depends(require("admin")),
+    _: Principal = Depends(require_global("admin")),
     ctx: AppContext = Depends(get_ctx),
 ) -> dict[str, Any]:
     async with ctx.db.session() as session:
@@ -143,7 +174,7 @@ async def flow_deliveries(
 
 @router.get("/mqtt-servers")
 async def list_servers(
-    _: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx)
+    _: Principal = Depends(require_global("admin")), ctx: AppContext = Depends(get_ctx)
 ) -> dict[str, list[MqttServerOut]]:
     async with ctx.db.session() as session:
         return {"items": [service.server_out(s) for s in await service.list_servers(session)]}
@@ -153,7 +184,7 @@ async def list_servers(
 async def create_server(
     body: MqttServerCreate,
     request: Request,
-    principal: Principal = Depends(require("admin")),
+    principal: Principal = Depends(require_global("admin")),
     ctx: AppContext = Depends(get_ctx),
 ) -> MqttServerOut:
     async with ctx.db.session() as session:
@@ -171,7 +202,7 @@ async def create_server(
 
 @router.get("/mqtt-servers/{server_id}", response_model=MqttServerOut)
 async def get_server(
-    server_id: int, _: Principal = Depends(require("admin")), ctx: AppContext = Depends(get_ctx)
+    server_id: RowId, _: Principal = Depends(require_global("admin")), ctx: AppContext = Depends(get_ctx)
 ) -> MqttServerOut:
     async with ctx.db.session() as session:
         return service.server_out(await service.get_server(session, server_id))
@@ -179,10 +210,10 @@ async def get_server(
 
 @router.patch("/mqtt-servers/{server_id}", response_model=MqttServerOut)
 async def update_server(
-    server_id: int,
+    server_id: RowId,
     body: MqttServerUpdate,
     request: Request,
-    principal: Principal = Depends(require("admin")),
+    principal: Principal = Depends(require_global("admin")),
     ctx: AppContext = Depends(get_ctx),
 ) -> MqttServerOut:
     async with ctx.db.session() as session:
@@ -201,9 +232,9 @@ async def update_server(
 
 @router.delete("/mqtt-servers/{server_id}", status_code=204)
 async def delete_server(
-    server_id: int,
+    server_id: RowId,
     request: Request,
-    principal: Principal = Depends(require("admin")),
+    principal: Principal = Depends(require_global("admin")),
     ctx: AppContext = Depends(get_ctx),
 ) -> Response:
     async with ctx.db.session() as session:

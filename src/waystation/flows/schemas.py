@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from waystation.security.params import MAX_ROW_ID
+
 FLOW_CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 Action = Literal["STORE_DB", "POST_ENDPOINT"]
 
@@ -18,7 +20,7 @@ class FlowCreate(BaseModel):
     payload_schema: dict[str, Any] = Field(default_factory=dict)
     action: Action
     endpoint_url: str | None = Field(default=None, max_length=2048)
-    mqtt_server_id: int | None = None
+    mqtt_server_id: int | None = Field(default=None, ge=1, le=MAX_ROW_ID)
     enabled: bool = True
 
 
@@ -28,7 +30,7 @@ class FlowUpdate(BaseModel):
     payload_schema: dict[str, Any] | None = None
     action: Action | None = None
     endpoint_url: str | None = Field(default=None, max_length=2048)
-    mqtt_server_id: int | None = None
+    mqtt_server_id: int | None = Field(default=None, ge=1, le=MAX_ROW_ID)
     enabled: bool | None = None
 
 
@@ -49,8 +51,16 @@ class FlowOut(BaseModel):
     enabled: bool
     last_msg_id: int
     stats: FlowStats
+    has_endpoint_secret: bool  # whether deliveries are signed; only the call that made the secret shows it
     created_at: datetime
     updated_at: datetime
+
+
+class FlowWithSecret(FlowOut):
+    """The answer of a create or PATCH that made a new endpoint secret, and of rotate-secret: the only
+    time the secret is shown."""
+
+    endpoint_secret: str
 
 
 class MqttServerCreate(BaseModel):

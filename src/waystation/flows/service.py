@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from waystation.config import MqttEndpoint
 from waystation.db import emit
 from waystation.errors import (
     FlowExists,
@@ -25,6 +26,7 @@ from waystation.flows.schemas import (
     FlowOut,
     FlowStats,
     FlowUpdate,
+    FlowWithSecret,
     MqttServerCreate,
     MqttServerOut,
     MqttServerUpdate,
@@ -33,6 +35,7 @@ from waystation.flows.validation import check_schema
 from waystation.mqtt.topics import validate_filter
 from waystation.secrets_box import SecretBox
 from waystation.webhooks.models import Delivery
+from waystation.webhooks.signing import new_secret
 
 
 def flow_out(flow: Flow) -> FlowOut:
@@ -47,9 +50,16 @@ def flow_out(flow: Flow) -> FlowOut:
         enabled=flow.enabled,
         last_msg_id=flow.last_msg_id,
         stats=FlowStats(accepted=flow.accepted, rejected=flow.rejected, last_error=flow.last_error),
+        has_endpoint_secret=flow.endpoint_secret_sealed is not None,
         created_at=flow.created_at,
         updated_at=flow.updated_at,
     )
+
+
+def flow_with_secret(flow: Flow, secret: str | None) -> FlowWithSecret | FlowOut:
+    """The flow, with its endpoint secret when this call made a new one (the only time it is shown)."""
+    out = flow_out(flow)
+    return out if secret is None else FlowWithSecret(**out.model_dump(), endpoint_secret=secret)
 
 
 def server_out(server: MqttServer) -> MqttServerOut:
@@ -103,11 +113,15 @@ async def get_flow(session: AsyncSession, code: str) -> Flow:
     return flow
 
 
-async def create_flow(session: AsyncSession, body: FlowCreate, station_id: str) -> Flow:
+async def create_flow(
+    session: AsyncSession, body: FlowCreate, station_id: str, box: SecretBox
+) -> tuple[Flow, str | None]:
+    """The new flow and, for POST_ENDPOINT, its endpoint secret (returned once; only sealed is stored)."""
     _check(body.topic, body.payload_schema, body.action, body.endpoint_url)
     await _check_server(session, body.mqtt_server_id)
     if await session.scalar(select(Flow.id).where(Flow.code == body.code)) is not None:
         raise FlowExists(f"A flow with code {body.code!r} already exists.")
+    secret = new_secret() if body.action == "POST_ENDPOINT" else None
     now = datetime.now(UTC)
     flow = Flow(
         code=body.code,
@@ -115,6 +129,7 @@ async def create_flow(session: AsyncSession, body: FlowCreate, station_id: str) 
         payload_schema=body.payload_schema,
         action=body.action,
         endpoint_url=body.endpoint_url,
+        endpoint_secret_sealed=box.seal(secret) if secret is not None else None,
         mqtt_server_id=body.mqtt_server_id,
         enabled=body.enabled,
         station_id=station_id,
@@ -124,10 +139,14 @@ async def create_flow(session: AsyncSession, body: FlowCreate, station_id: str) 
     session.add(flow)
     await session.flush()
     emit(session, "flow.changed", {"code": flow.code, "change": "created"}, station_id)
-    return flow
+    return flow, secret
 
 
-async def update_flow(session: AsyncSession, code: str, body: FlowUpdate) -> Flow:
+async def update_flow(
+    session: AsyncSession, code: str, body: FlowUpdate, box: SecretBox
+) -> tuple[Flow, str | None]:
+    """The changed flow and, when it was switched to POST_ENDPOINT, its new endpoint secret (returned
+    once). Switching away keeps the secret, so deliveries still pending keep being signed."""
     flow = await get_flow(session, code)
     changes = {f: getattr(body, f) for f in body.model_fields_set}
     topic = changes.get("topic") or flow.topic
@@ -137,6 +156,11 @@ async def update_flow(session: AsyncSession, code: str, body: FlowUpdate) -> Flo
     _check(topic, schema, action, url)
     if "mqtt_server_id" in changes:
         await _check_server(session, changes["mqtt_server_id"])
+    secret = None
+    if action == "POST_ENDPOINT" and flow.action != "POST_ENDPOINT":
+        # A fresh secret on every switch: the endpoint may be another receiver than last time.
+        secret = new_secret()
+        flow.endpoint_secret_sealed = box.seal(secret)
     for field, value in changes.items():
         if field in ("topic", "action", "payload_schema", "enabled") and value is None:
             continue
@@ -144,7 +168,18 @@ async def update_flow(session: AsyncSession, code: str, body: FlowUpdate) -> Flo
     flow.version += 1
     flow.updated_at = datetime.now(UTC)
     emit(session, "flow.changed", {"code": flow.code, "change": "updated"}, flow.station_id)
-    return flow
+    return flow, secret
+
+
+def rotate_endpoint_secret(flow: Flow, box: SecretBox) -> str:
+    """A new endpoint secret; the old one stops signing at once (attempts from now on, retries of the
+    flow's older deliveries included). Also how a flow made before signing existed gets its first."""
+    if flow.action != "POST_ENDPOINT":
+        raise FlowInvalid("only a POST_ENDPOINT flow has an endpoint secret")
+    secret = new_secret()
+    flow.endpoint_secret_sealed = box.seal(secret)
+    flow.updated_at = datetime.now(UTC)
+    return secret
 
 
 async def delete_flow(session: AsyncSession, code: str) -> Flow:
@@ -251,3 +286,19 @@ async def delete_server(session: AsyncSession, server_id: int) -> MqttServer:
     await session.delete(server)
     emit(session, "flow.changed", {"mqtt_server_id": server_id, "change": "server_deleted"})
     return server
+
+
+async def default_station_broker(session: AsyncSession, box: SecretBox) -> MqttEndpoint | None:
+    """The station broker taken from `mqtt_servers` when `WAYSTATION_MQTT_URL` is not set: the first enabled
+    server marked default (lowest id). None without one: the station then runs its embedded broker, and
+    servers not marked default only serve the flows that name them."""
+    server = await session.scalar(
+        select(MqttServer)
+        .where(MqttServer.enabled.is_(True), MqttServer.is_default.is_(True))
+        .order_by(MqttServer.id)
+        .limit(1)
+    )
+    if server is None:
+        return None
+    password = box.open(server.password_sealed) if server.password_sealed else None
+    return MqttEndpoint(False, server.host, server.port, server.tls, server.username, password)

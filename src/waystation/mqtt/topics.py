@@ -6,6 +6,7 @@ dict lookup and only wildcard filters are matched one by one (the Home Assistant
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,10 +52,19 @@ class MessageInfo:
     ack: AckToken | None = None
 
 
+# MQTT §1.5.3 (3.1.1) and §1.5.4 (5): a broker may drop a client that sends control characters or
+# Unicode noncharacters in a topic, and Mosquitto does, so one such filter would take the station's whole
+# link down (and again after every reconnect). Lone surrogates cannot be encoded at all.
+_NONCHARACTERS = "".join(chr(plane << 16 | low) for plane in range(17) for low in (0xFFFE, 0xFFFF))
+_FORBIDDEN_IN_TOPIC = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef{_NONCHARACTERS}]")
+
+
 def validate_filter(topic_filter: str) -> str:
     """Raise ValueError unless `topic_filter` is a valid MQTT subscription filter."""
-    if not topic_filter or len(topic_filter.encode()) > 65535 or "\x00" in topic_filter:
-        raise ValueError("a topic filter must be 1-65535 bytes without NUL")
+    if not topic_filter or _FORBIDDEN_IN_TOPIC.search(topic_filter) or len(topic_filter.encode()) > 65535:
+        raise ValueError(
+            "a topic filter must be 1-65535 bytes without NUL, control characters or Unicode noncharacters"
+        )
     levels = topic_filter.split("/")
     for i, level in enumerate(levels):
         if "#" in level and (level != "#" or i != len(levels) - 1):

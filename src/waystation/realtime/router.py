@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from waystation.auth.deps import get_ctx, require
+from waystation.auth.deps import StreamAuth, bearer_token, get_ctx, require
 from waystation.auth.roles import Principal
 from waystation.bus import Event, Gap, TypeFilter
 from waystation.context import AppContext
@@ -40,17 +40,29 @@ async def event_stream(
     request: Request,
     types: str | None = Query(default=None, max_length=1000, description="e.g. device.*,rule.fired"),
     last_event_id: str | None = Query(default=None, alias="last_event_id", max_length=20),
-    _: Principal = Depends(require("viewer")),
+    principal: Principal = Depends(require("viewer")),
     ctx: AppContext = Depends(get_ctx),
 ) -> EventSourceResponse:
     type_filter = TypeFilter.parse(types)
+    auth = StreamAuth(ctx, bearer_token(request) or "", principal)
+
+    def allowed(ev: Event) -> bool:
+        # Callers limited to some stations see only those stations' events (none of the
+        # installation-wide ones, which may concern other stations).
+        visible = auth.principal.visible_stations
+        return type_filter.matches(ev.type) and (visible is None or ev.station_id in visible)
+
     since = _parse_last_id(request.headers.get("last-event-id") or last_event_id)
     # Subscribe before replaying so nothing published in between is missed.
     sub = ctx.bus.subscribe(type_filter, maxsize=ctx.settings.sse_client_queue)
     metrics = request.app.state.metrics
 
+    # `system.status` is only built while some stream would pass it on (see status/sampler.py).
+    status_listener = type_filter.matches("system.status") and principal.visible_stations is None
+
     async def stream() -> AsyncIterator[ServerSentEvent]:
         metrics.sse_clients.inc()
+        metrics.status_listeners += status_listener
         try:
             replayed_up_to = 0
             if since is not None:
@@ -58,21 +70,24 @@ async def event_stream(
                     missed: dict[str, Any] = {"dropped": None, "reason": "replay buffer exceeded"}
                     yield ServerSentEvent(data=orjson.dumps(missed).decode(), event="stream.gap")
                 for ev in ctx.bus.replay_after(since):
-                    if type_filter.matches(ev.type):
+                    if allowed(ev):
                         replayed_up_to = ev.seq
                         yield _sse(ev)
             async for item in sub:
+                if await auth.current() is None:
+                    return  # token revoked or expired, user disabled: end the stream
                 if isinstance(item, Gap):
                     yield ServerSentEvent(
                         data=orjson.dumps({"dropped": item.dropped}).decode(), event="stream.gap"
                     )
                     continue
-                if item.seq <= replayed_up_to:
+                if item.seq <= replayed_up_to or not allowed(item):
                     continue
                 yield _sse(item)
         finally:
             sub.close()
             metrics.sse_clients.dec()
+            metrics.status_listeners -= status_listener
 
     return EventSourceResponse(
         stream(),

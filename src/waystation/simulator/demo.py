@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from waystation.context import AppContext
 from waystation.simulator.device import SimConfig
-from waystation.simulator.fleet import Fleet, plan_fleet, register_fleet
+from waystation.simulator.fleet import Fleet, fleet_logins, plan_fleet, register_fleet
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,14 @@ async def run_demo_fleet(ctx: AppContext) -> None:
                 ctx.devices.device_added(m.device_id, ctx.default_station_id, m.type)
     log.info("demo fleet: %d simulated devices (%d new)", len(members), created)
     endpoint = replace(ctx.settings.mqtt, embedded=False)
+    # Where the broker enforces accounts, each simulated device logs in with its own, like a real one.
+    enforced = ctx.broker_sync is not None and ctx.broker_sync.mode != "none"
+    logins = await fleet_logins(ctx.db, ctx.box, members) if enforced else None
     fleet = Fleet(
         members,
         SimConfig(
             endpoint=endpoint, station_id=ctx.default_station_id, state_interval=5.0, heartbeat_interval=30.0
         ),
+        logins=logins,
     )
     await fleet.run()

@@ -2,12 +2,15 @@
 
 It handshakes, heartbeats, publishes plausible state for its type, sets a will (LWT) that reports it
 offline, answers commands with `accepted` then `applied` and shows the change in its next state.
+`ota_update` is a real firmware update (docs/ota.md): download over HTTP, SHA-256 check, `ota` progress
+events, `applied`, a reboot (reconnect) and a handshake with the new version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import random
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
+import httpx
 import orjson
 
 from waystation.config import MqttEndpoint
@@ -33,6 +37,25 @@ class SimConfig:
     heartbeat_interval: float = 30.0
     username: str | None = None
     password: str | None = None
+    # Pause between the steps of a firmware update, so progress is visible the way a real one's is.
+    ota_step_delay: float = 0.5
+
+
+class _Reboot(Exception):
+    """Raised inside a session after a firmware update: leave the connection and come back as new."""
+
+
+class DownloadFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class DeviceLogin:
+    """A device's own broker account (`mqtt` of `POST /api/v1/devices`), for brokers that enforce them."""
+
+    username: str
+    password: str = field(repr=False)
+    client_id: str
 
 
 @dataclass
@@ -45,6 +68,9 @@ class SimulatedDevice:
     commands_applied: int = 0
     published: int = 0
     connected: bool = False
+    login: DeviceLogin | None = None  # when set, connect as this account instead of SimConfig's
+    firmware_version: str = FIRMWARE_VERSION
+    ota_updates: int = 0  # firmware updates applied
     _client: aiomqtt.Client | None = None
     _state_now: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -72,28 +98,35 @@ class SimulatedDevice:
     async def _session(self) -> None:
         cfg = self.config
         will = aiomqtt.Will(self.topic("heartbeat"), orjson.dumps({"status": "offline"}), qos=1)
+        login = self.login
         async with aiomqtt.Client(
             cfg.endpoint.host,
             cfg.endpoint.port,
-            identifier=f"sim-{self.device_id}",
+            # A device account is bound to its client id on brokers that enforce accounts.
+            identifier=login.client_id if login else f"sim-{self.device_id}",
             will=will,
             keepalive=60,
-            username=cfg.username or cfg.endpoint.username,
-            password=cfg.password or cfg.endpoint.password,
+            username=login.username if login else cfg.username or cfg.endpoint.username,
+            password=login.password if login else cfg.password or cfg.endpoint.password,
         ) as client:
             self._client = client
             self.connected = True
             await client.subscribe(self.topic("command"), qos=1)
             await client.subscribe(self.topic("handshake/ack"), qos=1)
             await self._publish(
-                "handshake", {"type": self.type, "firmwareVersion": FIRMWARE_VERSION, "chip": "esp32-sim"}
+                "handshake",
+                {"type": self.type, "firmwareVersion": self.firmware_version, "chip": "esp32-sim"},
             )
             await self._publish("heartbeat", {"status": "online"})
             await self._publish_state()
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._heartbeats())
-                tasks.create_task(self._states())
-                tasks.create_task(self._listen(client))
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._heartbeats())
+                    tasks.create_task(self._states())
+                    tasks.create_task(self._listen(client))
+            except* _Reboot:
+                # A clean disconnect (no will: a reboot is no outage); run() reconnects at once.
+                log.info("%s: rebooting into firmware %s", self.device_id, self.firmware_version)
 
     async def _publish(self, suffix: str, payload: dict[str, Any]) -> None:
         assert self._client is not None
@@ -132,6 +165,9 @@ class SimulatedDevice:
             action = str(command["action"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return
+        if action == "ota_update":
+            await self._update_firmware(request_id, command)
+            return
         await self._publish("command/ack", {"request_id": request_id, "status": "accepted"})
         error = apply_command(self.type, self.state, action, command)
         if error:
@@ -140,6 +176,65 @@ class SimulatedDevice:
         self.commands_applied += 1
         await self._publish("command/ack", {"request_id": request_id, "status": "applied"})
         self._state_now.set()
+
+    # --- firmware updates ------------------------------------------------------------------------
+
+    async def _update_firmware(self, request_id: str, command: dict[str, Any]) -> None:
+        """What real firmware does with `ota_update`: fetch, verify, install, reboot, announce."""
+        url, sha256, version = command.get("url"), command.get("sha256"), command.get("version")
+        if not (isinstance(url, str) and isinstance(sha256, str) and isinstance(version, str)):
+            await self._publish(
+                "command/ack", {"request_id": request_id, "status": "failed", "error": "bad ota_update"}
+            )
+            return
+        await self._publish("command/ack", {"request_id": request_id, "status": "accepted"})
+        try:
+            digest = await self._download(url)
+        except (httpx.HTTPError, DownloadFailed) as exc:
+            await self._ota_failed(request_id, f"download failed: {exc}")
+            return
+        if digest != sha256.lower():
+            await self._ota_failed(request_id, f"checksum mismatch: expected {sha256.lower()}, got {digest}")
+            return
+        await self._publish("event", {"event": "ota", "data": {"state": "applying"}})
+        await asyncio.sleep(self.config.ota_step_delay)  # writing the flash
+        self.firmware_version = version
+        self.ota_updates += 1
+        await self._publish("command/ack", {"request_id": request_id, "status": "applied"})
+        await asyncio.sleep(self.config.ota_step_delay)
+        raise _Reboot
+
+    async def _download(self, url: str) -> str:
+        """Stream the image, hashing it and reporting progress in quarters; returns the hex SHA-256."""
+        if not url.startswith(("http://", "https://")):
+            raise DownloadFailed(f"unsupported URL {url[:80]!r}")
+        digest = hashlib.sha256()
+        await self._ota_progress(0)
+        async with (
+            httpx.AsyncClient(timeout=30.0) as http,
+            http.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise DownloadFailed(f"HTTP {response.status_code}")
+            total = int(response.headers.get("content-length") or 0)
+            received, reported = 0, 0
+            async for chunk in response.aiter_bytes():
+                digest.update(chunk)
+                received += len(chunk)
+                quarter = min(100, received * 100 // total) // 25 * 25 if total else 0
+                if quarter > reported and quarter < 100:
+                    reported = quarter
+                    await self._ota_progress(quarter)
+        await self._ota_progress(100)
+        return digest.hexdigest()
+
+    async def _ota_progress(self, progress: int) -> None:
+        await self._publish("event", {"event": "ota", "data": {"state": "downloading", "progress": progress}})
+        await asyncio.sleep(self.config.ota_step_delay)
+
+    async def _ota_failed(self, request_id: str, error: str) -> None:
+        await self._publish("event", {"event": "ota", "data": {"state": "failed", "error": error}})
+        await self._publish("command/ack", {"request_id": request_id, "status": "failed", "error": error})
 
 
 # --- behaviour per type (pure functions, easy to test) ------------------------------------------------
@@ -183,7 +278,7 @@ def apply_command(type_id: str, state: dict[str, Any], action: str, params: dict
     if action in ("reboot", "factory_reset"):
         return None
     if action == "ota_update":
-        return "OTA is not simulated by this firmware"
+        return "ota_update needs the network: SimulatedDevice handles it, not this state function"
     if action == "set_brightness" and type_id == "light":
         state["brightness"] = int(params["brightness"])
         state["on"] = state["brightness"] > 0

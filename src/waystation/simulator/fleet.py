@@ -8,9 +8,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from waystation.broker.credentials import issue_credentials
+from waystation.broker.models import DeviceCredential
 from waystation.db import Database
 from waystation.devices.models import Device
-from waystation.simulator.device import SimConfig, SimulatedDevice
+from waystation.secrets_box import SecretBox
+from waystation.simulator.device import DeviceLogin, SimConfig, SimulatedDevice
 
 FLEET_TYPES = ("climate", "pir", "light", "switch-pir", "sensor")
 _NAMES = {"climate": "Climate", "pir": "Motion", "light": "Light", "switch-pir": "Switch", "sensor": "Sensor"}
@@ -58,11 +61,43 @@ async def register_fleet(db: Database, station_id: str, members: list[FleetMembe
     return created
 
 
+async def fleet_logins(db: Database, box: SecretBox, members: list[FleetMember]) -> dict[str, DeviceLogin]:
+    """Each (registered) member's broker account: the existing one, or a new one issued exactly as
+    `POST /api/v1/devices` does (the station's broker sync creates it on the broker)."""
+    logins: dict[str, DeviceLogin] = {}
+    async with db.session() as session:
+        ids = [m.device_id for m in members]
+        query = select(DeviceCredential).where(DeviceCredential.device_id.in_(ids))
+        creds = {c.device_id: c for c in await session.scalars(query)}
+        for device_id in ids:
+            cred = creds.get(device_id)
+            if cred is not None:
+                try:
+                    password = box.open(cred.password_sealed)
+                    logins[device_id] = DeviceLogin(cred.username, password, cred.client_id)
+                    continue
+                except ValueError:
+                    pass  # sealed with another key: issue a new password below
+            issued = await issue_credentials(session, box, device_id)
+            logins[device_id] = DeviceLogin(issued.username, issued.password, issued.client_id)
+    return logins
+
+
 class Fleet:
-    def __init__(self, members: list[FleetMember], config: SimConfig, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        members: list[FleetMember],
+        config: SimConfig,
+        seed: int | None = None,
+        logins: dict[str, DeviceLogin] | None = None,
+    ) -> None:
         rng = random.Random(seed)
+        logins = logins or {}
         self.devices = [
-            SimulatedDevice(m.device_id, m.type, config, rng=random.Random(rng.random())) for m in members
+            SimulatedDevice(
+                m.device_id, m.type, config, rng=random.Random(rng.random()), login=logins.get(m.device_id)
+            )
+            for m in members
         ]
 
     async def run(self) -> None:

@@ -74,6 +74,24 @@ class Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5),
         )
+        self.deliveries = Counter(
+            "waystation_deliveries_total",
+            "Webhook and flow delivery attempts, by kind and outcome (succeeded, retry, dead_letter)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.asyncio_tasks = Gauge(
+            "waystation_asyncio_tasks",
+            "asyncio tasks alive in the station process (a steady number means nothing leaks)",
+            registry=self.registry,
+        )
+        self.asyncio_tasks_by_coroutine = Gauge(
+            "waystation_asyncio_tasks_by_coroutine",
+            "asyncio tasks alive, by the coroutine they run (tells a growing kind from the rest)",
+            ["coroutine"],
+            registry=self.registry,
+        )
+        self.status_listeners = 0  # event streams that take `system.status`
         self.rejected: dict[str, int] = {}
         self._accepted_children: dict[str, Any] = {}
         self.accepted: dict[str, int] = {}

@@ -29,12 +29,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from waystation.bus import Bus
 from waystation.config import Settings
-from waystation.db import Database
+from waystation.db import Database, in_list
+from waystation.errors import database_fault
 from waystation.mqtt.topics import AckToken
 from waystation.status.metrics import Metrics
 from waystation.telemetry.models import Channel, Datapoint, Rollup1h, Rollup1m
 
 log = logging.getLogger(__name__)
+
+# Internal bus event (never leaves the process): every reading of a committed batch, for the rule engine.
+READINGS_EVENT = "_telemetry.readings"
 
 # Units for well-known keys; anything else is unitless until someone sets it.
 KNOWN_UNITS = {
@@ -181,10 +185,10 @@ class IngestPipeline:
                 stamp = to_us(ts if ts.tzinfo else ts.replace(tzinfo=UTC))
             batch.append(Item(station_id, [(channel_id, stamp, value)], None, now))
         inserted, latest = await self._write(batch)
-        self.committed_rows += inserted
-        self.metrics.ingest_rows.inc(inserted)
-        self._publish(latest)
-        return inserted
+        self.committed_rows += len(inserted)
+        self.metrics.ingest_rows.inc(len(inserted))
+        self._publish(latest, inserted)
+        return len(inserted)
 
     @property
     def queue_rows(self) -> int:
@@ -251,15 +255,25 @@ class IngestPipeline:
                 if not retry:
                     self._give_back(items)
                     raise
-                log.warning("telemetry write failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                # Name the cause an operator can act on (disk full, database down); the messages stay
+                # unacknowledged at the broker meanwhile, so nothing is lost.
+                fault = database_fault(exc)
+                log.warning(
+                    "telemetry write failed (%s%s); holding %d rows, retrying in %.1fs",
+                    type(exc).__name__,
+                    f": {fault.code}, {fault.detail}" if fault else "",
+                    sum(len(i.rows) for i in items) + self._queued_rows,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         done = time.monotonic()
         rows = sum(len(i.rows) for i in items)
-        self.committed_rows += inserted
-        self.duplicate_rows += rows - inserted
-        self.metrics.ingest_rows.inc(inserted)
-        self.metrics.ingest_duplicates.inc(rows - inserted)
+        stored = len(inserted)
+        self.committed_rows += stored
+        self.duplicate_rows += rows - stored
+        self.metrics.ingest_rows.inc(stored)
+        self.metrics.ingest_duplicates.inc(rows - stored)
         self.metrics.ingest_batch_rows.observe(rows)
         self.metrics.ingest_commit_seconds.observe(done - started)
         for item in items:
@@ -270,10 +284,14 @@ class IngestPipeline:
         if self._paused and self._queued_rows <= self.settings.ingest_max_queue_rows // 2:
             self._paused = False
             self._resume()
-        self._publish(latest)
+        self._publish(latest, inserted)
 
-    async def _write(self, items: list[Item]) -> tuple[int, dict[str, tuple[int, float]]]:
-        async with self.db.session() as session:
+    async def _write(
+        self, items: list[Item]
+    ) -> tuple[list[tuple[int, int, float]], dict[str, tuple[int, float]]]:
+        """Store a batch in one transaction; returns the rows actually inserted (channel pk, ts, value)
+        and the latest reading per channel."""
+        async with self.db.writer() as session:
             await self._resolve_channels(session, {cid for item in items for cid, _, _ in item.rows})
             pks = self._channel_pks
             active = self.active_experiments
@@ -292,7 +310,7 @@ class IngestPipeline:
             latest = latest_per_channel(inserted)
             await update_latest(session, latest)
         ids = self._channel_ids
-        return len(inserted), {ids[pk]: v for pk, v in latest.items() if pk in ids}
+        return inserted, {ids[pk]: v for pk, v in latest.items() if pk in ids}
 
     async def _resolve_channels(self, session: AsyncSession, channel_ids: Iterable[str]) -> None:
         missing = [cid for cid in channel_ids if cid not in self._channel_pks]
@@ -313,7 +331,7 @@ class IngestPipeline:
         ]
         if new:
             await session.execute(dialect_insert(session, Channel).on_conflict_do_nothing(), new)
-        rows = await session.execute(select(Channel.id, Channel.pk).where(Channel.id.in_(missing)))
+        rows = await session.execute(select(Channel.id, Channel.pk).where(Channel.id.in_(in_list(missing))))
         for cid, pk in rows:
             self._remember(cid, pk)
             self._new_channels.pop(cid, None)
@@ -350,9 +368,11 @@ class IngestPipeline:
             self.latest.pop(cid, None)
             self._last_ts.pop(cid, None)
 
-    def _publish(self, latest: dict[str, tuple[int, float]]) -> None:
+    def _publish(self, latest: dict[str, tuple[int, float]], inserted: list[tuple[int, int, float]]) -> None:
         if not latest:
             return
+        if self.bus.wanted(READINGS_EVENT):
+            self._publish_readings(inserted)
         by_station: dict[str | None, list[dict[str, Any]]] = {}
         for cid, (ts, value) in latest.items():
             known = self.latest.get(cid)
@@ -364,6 +384,18 @@ class IngestPipeline:
         for station_id, items in by_station.items():
             self.bus.emit("telemetry.batch", {"count": len(items), "items": items}, station_id)
 
+    def _publish_readings(self, inserted: list[tuple[int, int, float]]) -> None:
+        """Every newly stored reading, oldest first, per station: `telemetry.batch` carries only the latest
+        value per channel (enough for screens), but a rule must see a spike that a later value hides."""
+        ids, stations = self._channel_ids, self._channel_station
+        by_station: dict[str | None, list[tuple[str, int, float]]] = {}
+        for pk, ts, value in sorted(inserted, key=lambda row: row[1]):
+            cid = ids.get(pk)
+            if cid is not None:
+                by_station.setdefault(stations.get(cid), []).append((cid, ts, value))
+        for station_id, readings in by_station.items():
+            self.bus.emit(READINGS_EVENT, {"readings": readings}, station_id)
+
 
 # --- SQL building blocks (dialect-aware) --------------------------------------------------------
 
@@ -374,6 +406,24 @@ def dialect_name(session: AsyncSession) -> str:
 
 def dialect_insert(session: AsyncSession, model: Any) -> Any:
     return (pg_insert if dialect_name(session) == "postgresql" else sqlite_insert)(model.__table__)
+
+
+# An executemany with RETURNING goes out as multi-row INSERTs whose SQL text depends on the row count, and
+# SQLite keeps a compiled statement per distinct text and per connection (the driver caches 128; ~0.36 kB
+# per row, 360 kB for 1,000 rows). Batches of every size from 1 to 2,000 rows so grew the SQLite heap
+# (and fragmented malloc) for as long as new sizes came up. Power-of-two chunks: at most 10 texts, each
+# under SQLAlchemy's own 1,000-row page (which would otherwise split a chunk into new texts again).
+INSERT_CHUNK_ROWS = 512
+
+
+def pow2_chunks(items: list[Any], largest: int) -> Iterable[list[Any]]:
+    """`items` in chunks of `largest` rows, the rest in descending powers of two (`largest` is one)."""
+    start, total, size = 0, len(items), largest
+    while start < total:
+        while size > total - start:
+            size //= 2
+        yield items[start : start + size]
+        start += size
 
 
 async def insert_datapoints(
@@ -388,8 +438,11 @@ async def insert_datapoints(
         .on_conflict_do_nothing()
         .returning(table.c.channel_pk, table.c.ts, table.c.value)
     )
-    result = await session.execute(stmt, params)
-    return [(row[0], row[1], row[2]) for row in result.all()]
+    inserted: list[tuple[int, int, float]] = []
+    for chunk in pow2_chunks(params, INSERT_CHUNK_ROWS):
+        result = await session.execute(stmt, chunk)
+        inserted.extend((row[0], row[1], row[2]) for row in result.all())
+    return inserted
 
 
 def _bucketize(rows: list[tuple[int, int, float]], seconds: int) -> list[dict[str, Any]]:

@@ -86,7 +86,7 @@ class RetentionJob:
                 .limit(batch)
                 .scalar_subquery()
             )
-            async with self.db.session() as session:
+            async with self.db.writer() as session:
                 result = await session.execute(
                     delete(model).where(model.channel_pk == channel_pk, column < cutoff, column.in_(oldest))
                 )

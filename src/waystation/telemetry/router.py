@@ -11,17 +11,35 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from waystation.audit import service as audit
-from waystation.auth.deps import client_ip, get_ctx, require, telemetry_writer
-from waystation.auth.roles import Principal, role_at_least, role_for_scopes
-from waystation.auth.tokens_service import API_TOKEN_PREFIX, authenticate_token
+from waystation.auth.deps import (
+    StreamAuth,
+    check_station,
+    client_ip,
+    get_ctx,
+    principal_from_token,
+    require,
+    telemetry_writer,
+)
+from waystation.auth.roles import Principal
 from waystation.bus import TypeFilter
 from waystation.context import AppContext
 from waystation.devices import service as devices_service
-from waystation.errors import InsufficientRole, ServiceUnavailable, TokenInvalid, WaystationError
+from waystation.errors import (
+    ChannelNotFound,
+    DeviceNotFound,
+    ExperimentNotFound,
+    InsufficientRole,
+    ServiceUnavailable,
+    StationNotFound,
+    WaystationError,
+)
+from waystation.security.params import ChannelKey, RowId
 from waystation.telemetry import service
 from waystation.telemetry.ingest import IngestPipeline
+from waystation.telemetry.models import Channel, Experiment
 from waystation.telemetry.schemas import (
     BatchRequest,
     BatchResult,
@@ -43,37 +61,64 @@ def pipeline(ctx: AppContext) -> IngestPipeline:
     return ctx.ingest
 
 
+async def visible_channel(
+    session: AsyncSession, principal: Principal, channel_id: str, needed: str = "viewer"
+) -> Channel:
+    channel = await service.get_channel(session, channel_id)
+    # A channel without a station is visible to installation-wide callers only.
+    missing = ChannelNotFound(f"No channel {channel_id!r}.")
+    check_station(principal, channel.station_id or "", missing, needed)
+    return channel
+
+
+async def visible_experiment(
+    session: AsyncSession, principal: Principal, experiment_id: int, needed: str = "viewer"
+) -> Experiment:
+    exp = await service.get_experiment(session, experiment_id)
+    missing = ExperimentNotFound(f"No experiment {experiment_id}.")
+    check_station(principal, exp.station_id, missing, needed)
+    return exp
+
+
 @router.get("/channels")
 async def list_channels(
     device_id: str | None = Query(default=None, max_length=64),
     kind: str | None = Query(default=None, pattern="^(device|flow|controller)$"),
     station_id: str | None = Query(default=None, max_length=32),
-    _: Principal = Depends(require("viewer")),
+    principal: Principal = Depends(require("viewer")),
     ctx: AppContext = Depends(get_ctx),
 ) -> dict[str, list[ChannelOut]]:
     async with ctx.db.session() as session:
-        rows = await service.list_channels(session, device_id=device_id, kind=kind, station_id=station_id)
+        rows = await service.list_channels(
+            session,
+            device_id=device_id,
+            kind=kind,
+            station_id=station_id,
+            visible_stations=principal.visible_stations,
+        )
         return {"items": [service.channel_out(c) for c in rows]}
 
 
 @router.get("/channels/{channel_id:path}", response_model=ChannelOut)
 async def get_channel(
-    channel_id: str, _: Principal = Depends(require("viewer")), ctx: AppContext = Depends(get_ctx)
+    channel_id: ChannelKey,
+    principal: Principal = Depends(require("viewer")),
+    ctx: AppContext = Depends(get_ctx),
 ) -> ChannelOut:
     async with ctx.db.session() as session:
-        return service.channel_out(await service.get_channel(session, channel_id))
+        return service.channel_out(await visible_channel(session, principal, channel_id))
 
 
 @router.patch("/channels/{channel_id:path}", response_model=ChannelOut)
 async def update_channel(
-    channel_id: str,
+    channel_id: ChannelKey,
     body: ChannelUpdate,
     request: Request,
     principal: Principal = Depends(require("admin")),
     ctx: AppContext = Depends(get_ctx),
 ) -> ChannelOut:
     async with ctx.db.session() as session:
-        channel = await service.get_channel(session, channel_id)
+        channel = await visible_channel(session, principal, channel_id, "admin")
         for field in body.model_fields_set:
             setattr(channel, field, getattr(body, field))
         audit.record(
@@ -96,12 +141,12 @@ async def datapoints(
     bucket: str | None = Query(default=None, pattern="^(1m|1h|1d|auto)$"),
     limit: int = Query(default=1000, ge=1, le=10_000),
     cursor: str | None = Query(default=None, max_length=100),
-    _: Principal = Depends(require("viewer")),
+    principal: Principal = Depends(require("viewer")),
     ctx: AppContext = Depends(get_ctx),
 ) -> dict[str, Any]:
     """Raw points (oldest first, cursor-paged), or min/max/avg/count per bucket with `bucket=`."""
     async with ctx.db.session() as session:
-        ch = await service.get_channel(session, channel)
+        ch = await visible_channel(session, principal, channel)
         default = timedelta(hours=24) if bucket else timedelta(hours=1)
         start_us, end_us = service.resolve_range(start, end, default)
         if bucket:
@@ -116,13 +161,14 @@ async def datapoints(
 async def latest(
     channel: list[str] = Query(default=[], max_length=500),
     device_id: str | None = Query(default=None, max_length=64),
-    _: Principal = Depends(require("viewer")),
+    principal: Principal = Depends(require("viewer")),
     ctx: AppContext = Depends(get_ctx),
 ) -> dict[str, Any]:
     async with ctx.db.session() as session:
         ids = list(channel)
         if device_id:
             ids += [c.id for c in await service.list_channels(session, device_id=device_id)]
+        ids = await service.visible_channel_ids(session, ids, principal.visible_stations)
         return {"items": await service.latest_values(session, ids)}
 
 
@@ -135,21 +181,38 @@ async def post_batch(
 ) -> BatchResult:
     """The same items as the controller WebSocket, over HTTP (at most 500 per call).
 
-    Callers: a device with its `X-Device-Token` (only its own `device:{id}/…` channels), an API token with
-    `api:write`, or a user with the member role or higher."""
+    Callers: a device with its `X-Device-Token` (only its own `device:{id}/…` channels), a plugin
+    controller with its `wsc_…` token (only its own `controller:{id}/…` channels, stored at its station),
+    an API token with `api:write`, or a user with the member role or higher."""
     ingest = pipeline(ctx)
-    if principal.kind == "device":
-        own = f"device:{principal.id}/"
+    own_channels_only = principal.kind in ("device", "controller")
+    if own_channels_only:
+        own = f"{principal.kind}:{principal.id}/"
         if any(not i.channel.startswith(own) for i in body.items):
-            raise InsufficientRole(f"A device may only write its own channels ({own}…).")
+            raise InsufficientRole(f"A {principal.kind} may only write its own channels ({own}…).")
+    if principal.kind != "controller" and any(i.channel.startswith("controller:") for i in body.items):
+        # A controller's channels belong to its station and carry its plugins' readings: only the
+        # controller itself writes them (a member of another station must not feed that station's rules).
+        raise InsufficientRole("controller:… channels are written only by their controller (its wsc_ token).")
     stations: dict[str, str] = {}
     async with ctx.db.session() as session:
         for device_id in {
             i.channel.split(":", 1)[1].split("/", 1)[0] for i in body.items if i.channel.startswith("device:")
         }:
-            stations[device_id] = (await devices_service.get_device(session, device_id)).station_id
+            device = await devices_service.get_device(session, device_id)
+            if principal.kind != "device":
+                missing = DeviceNotFound(f"No device {device_id!r}.")
+                check_station(principal, device.station_id, missing, "member")
+            stations[device_id] = device.station_id
+        if not own_channels_only and any(not i.channel.startswith("device:") for i in body.items):
+            # Flow channels written over HTTP belong to the default station.
+            default = ctx.default_station_id
+            check_station(principal, default, StationNotFound(f"No station {default!r}."), "member")
+    default_station = ctx.default_station_id
+    if principal.kind == "controller" and principal.station_id:
+        default_station = principal.station_id  # a controller's channels belong to its station
     stored = await ingest.write_items(
-        [(i.channel, i.value, i.ts) for i in body.items], stations, default_station=ctx.default_station_id
+        [(i.channel, i.value, i.ts) for i in body.items], stations, default_station=default_station
     )
     async with ctx.db.session() as session:
         audit.record(
@@ -159,8 +222,17 @@ async def post_batch(
             target=None,
             summary=f"{stored} of {len(body.items)} datapoints stored",
             ip=client_ip(request),
+            station_id=_batch_station(stations, body, default_station),
         )
     return BatchResult(received=len(body.items), stored=stored, duplicates=len(body.items) - stored)
+
+
+def _batch_station(stations: dict[str, str], body: BatchRequest, default: str) -> str | None:
+    """The station an audit entry for this batch belongs to: the one station all its channels are in."""
+    found = set(stations.values())
+    if any(not i.channel.startswith("device:") for i in body.items):
+        found.add(default)  # flow and controller channels written over HTTP belong to the default station
+    return found.pop() if len(found) == 1 else None
 
 
 # --- experiments ------------------------------------------------------------------------------------
@@ -174,6 +246,7 @@ async def start_experiment(
     ctx: AppContext = Depends(get_ctx),
 ) -> ExperimentOut:
     station_id = body.station_id or ctx.default_station_id
+    check_station(principal, station_id, StationNotFound(f"No station {station_id!r}."), "member")
     ingest = pipeline(ctx)
     async with ctx.db.session() as session:
         exp = await service.start_experiment(
@@ -195,13 +268,14 @@ async def start_experiment(
 
 @router.post("/experiments/{experiment_id}/stop", response_model=ExperimentOut)
 async def stop_experiment(
-    experiment_id: int,
+    experiment_id: RowId,
     request: Request,
     principal: Principal = Depends(require("member")),
     ctx: AppContext = Depends(get_ctx),
 ) -> ExperimentOut:
     ingest = pipeline(ctx)
     async with ctx.db.session() as session:
+        await visible_experiment(session, principal, experiment_id, "member")
         exp = await service.stop_experiment(session, experiment_id)
         audit.record(
             session,
@@ -219,26 +293,34 @@ async def stop_experiment(
 
 @router.get("/experiments")
 async def list_experiments(
-    _: Principal = Depends(require("viewer")), ctx: AppContext = Depends(get_ctx)
+    principal: Principal = Depends(require("viewer")), ctx: AppContext = Depends(get_ctx)
 ) -> dict[str, list[ExperimentOut]]:
+    visible = principal.visible_stations
     async with ctx.db.session() as session:
-        return {"items": [service.experiment_out(e) for e in await service.list_experiments(session)]}
+        rows = await service.list_experiments(session)
+        return {
+            "items": [service.experiment_out(e) for e in rows if visible is None or e.station_id in visible]
+        }
 
 
 @router.get("/experiments/{experiment_id}", response_model=ExperimentOut)
 async def get_experiment(
-    experiment_id: int, _: Principal = Depends(require("viewer")), ctx: AppContext = Depends(get_ctx)
+    experiment_id: RowId,
+    principal: Principal = Depends(require("viewer")),
+    ctx: AppContext = Depends(get_ctx),
 ) -> ExperimentOut:
     async with ctx.db.session() as session:
-        return service.experiment_out(await service.get_experiment(session, experiment_id))
+        return service.experiment_out(await visible_experiment(session, principal, experiment_id))
 
 
 @router.get("/experiments/{experiment_id}/export.csv")
 async def export_csv(
-    experiment_id: int, _: Principal = Depends(require("viewer")), ctx: AppContext = Depends(get_ctx)
+    experiment_id: RowId,
+    principal: Principal = Depends(require("viewer")),
+    ctx: AppContext = Depends(get_ctx),
 ) -> StreamingResponse:
     async with ctx.db.session() as session:
-        exp = await service.get_experiment(session, experiment_id)
+        exp = await visible_experiment(session, principal, experiment_id)
     filename = f"experiment-{exp.id}.csv"
     return StreamingResponse(
         service.export_csv_rows(ctx.db, experiment_id),
@@ -264,20 +346,13 @@ async def telemetry_socket(websocket: WebSocket) -> None:
         else websocket.query_params.get("access_token", "")
     )
     try:
-        if token.startswith(API_TOKEN_PREFIX):
-            async with ctx.db.session() as session:
-                row = await authenticate_token(session, token)
-            if role_for_scopes(row.scopes) is None:
-                raise TokenInvalid()
-        else:
-            claims = ctx.signer.verify(token)
-            if not role_at_least(claims.role, "viewer"):
-                raise TokenInvalid()
+        principal = await principal_from_token(ctx, token)
     except WaystationError:
         # Accept, then close with a clear code: a browser cannot read the status of a refused handshake.
         await websocket.accept()
         await websocket.close(code=4401, reason="authentication required")
         return
+    auth = StreamAuth(ctx, token, principal)
     wanted = {c for c in websocket.query_params.get("channels", "").split(",") if c}
     await websocket.accept()
     sub = ctx.bus.subscribe(TypeFilter(["telemetry.batch"]), maxsize=100)
@@ -285,6 +360,9 @@ async def telemetry_socket(websocket: WebSocket) -> None:
     interval = 1.0 / WS_MAX_PER_SECOND
 
     def merge(item: object) -> None:
+        visible = auth.principal.visible_stations
+        if visible is not None and getattr(item, "station_id", None) not in visible:
+            return  # another station's telemetry
         data = getattr(item, "data", None)
         for point in (data or {}).get("items", ()):
             if not wanted or point["channel"] in wanted:
@@ -297,6 +375,9 @@ async def telemetry_socket(websocket: WebSocket) -> None:
             merge(await sub.get())
             while (more := sub.get_nowait()) is not None:
                 merge(more)
+            if await auth.current() is None:
+                await websocket.close(code=4401, reason="authentication expired")
+                return
             if pending:
                 items = list(pending.values())
                 pending.clear()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,7 @@ from waystation.errors import (
     ExperimentStopped,
     InvalidTimeRange,
 )
+from waystation.station import service as stations
 from waystation.telemetry.ingest import from_us, to_us
 from waystation.telemetry.models import Channel, Datapoint, Experiment, Rollup1h, Rollup1m
 from waystation.telemetry.schemas import ChannelOut, ExperimentOut
@@ -65,8 +66,11 @@ async def list_channels(
     device_id: str | None = None,
     kind: str | None = None,
     station_id: str | None = None,
+    visible_stations: Collection[str] | None = None,
 ) -> Sequence[Channel]:
     query = select(Channel).order_by(Channel.id)
+    if visible_stations is not None:
+        query = query.where(Channel.station_id.in_(list(visible_stations)))
     if device_id:
         query = query.where(Channel.kind == "device", Channel.source_id == device_id)
     if kind:
@@ -74,6 +78,19 @@ async def list_channels(
     if station_id:
         query = query.where(Channel.station_id == station_id)
     return (await session.scalars(query)).all()
+
+
+async def visible_channel_ids(
+    session: AsyncSession, channel_ids: list[str], visible_stations: Collection[str] | None
+) -> list[str]:
+    """The ids among `channel_ids` whose station the caller may see."""
+    if visible_stations is None or not channel_ids:
+        return channel_ids
+    rows = await session.scalars(
+        select(Channel.id).where(Channel.id.in_(channel_ids), Channel.station_id.in_(list(visible_stations)))
+    )
+    seen = set(rows)
+    return [c for c in channel_ids if c in seen]
 
 
 async def get_channel(session: AsyncSession, channel_id: str) -> Channel:
@@ -107,8 +124,11 @@ async def delete_channels_of(session: AsyncSession, kind: str, source_id: str) -
 def resolve_range(start: datetime | None, end: datetime | None, default: timedelta) -> tuple[int, int]:
     """[from, to) in epoch µs; naive datetimes are taken as UTC."""
     now = datetime.now(UTC)
-    end = _aware(end) if end else now
-    start = _aware(start) if start else end - default
+    try:
+        end = _aware(end) if end else now
+        start = _aware(start) if start else end - default
+    except OverflowError as exc:  # e.g. to=0001-01-01 minus the default span
+        raise InvalidTimeRange("The time range lies outside the years 1 to 9999.") from exc
     if start >= end:
         raise InvalidTimeRange("'from' must be before 'to'.")
     return to_us(start), to_us(end)
@@ -139,7 +159,7 @@ def _cursor(ts: int) -> str:
 def _uncursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor.encode()).decode()
-        if not raw.startswith("ts:") or _cursor(int(raw[3:])) != cursor:
+        if not raw.startswith("ts:") or _cursor(int(raw[3:])) != cursor or abs(int(raw[3:])) > 2**62:
             raise ValueError(cursor)
         return int(raw[3:])
     except (ValueError, UnicodeDecodeError) as exc:
@@ -236,6 +256,7 @@ async def start_experiment(
     notes: str,
     actor: str,
 ) -> Experiment:
+    await stations.get_station(session, station_id)  # 404, not a foreign-key failure, for an unknown id
     running = await session.scalar(
         select(Experiment).where(Experiment.station_id == station_id, Experiment.stopped_at.is_(None))
     )

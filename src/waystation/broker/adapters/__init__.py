@@ -1,0 +1,1 @@
+"""Broker admin adapters: each applies `BrokerAccount`s to one kind of broker."""

@@ -1,0 +1,1 @@
+"""The operations log: what happened at a station, in words people read (rules, OTA, devices, notes)."""

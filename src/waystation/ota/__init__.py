@@ -1,0 +1,1 @@
+"""Firmware storage, signed downloads and OTA rollouts (docs/ota.md)."""

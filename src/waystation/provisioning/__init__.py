@@ -1,0 +1,1 @@
+"""Client binding (PROTOCOLS §3) and, later, BLE provisioning."""

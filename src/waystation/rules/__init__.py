@@ -1,0 +1,1 @@
+"""Rules: conditions on channels and device events, their firings and actions, and alerts."""

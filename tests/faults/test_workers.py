@@ -1,0 +1,143 @@
+"""Two station workers on PostgreSQL and a private Mosquitto (docs/scaling.md), as real processes:
+a QoS 1 stream is stored exactly once, events cross workers, and a worker killed with SIGKILL
+mid-stream loses nothing while its singleton jobs and its MQTT session move to the survivor."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TEST_DB
+from tests.faults.workers import PASSWORD, Cluster, EventStream, Publisher, Worker, cluster_env
+from tests.helpers import start_mosquitto, wait_for
+
+pytestmark = [
+    pytest.mark.skipif(
+        TEST_DB != "postgresql", reason="several workers need PostgreSQL (SQLite: one process)"
+    ),
+    pytest.mark.timeout(240),
+]
+
+DEVICE = "fault-1"
+CHANNEL = f"device:{DEVICE}/temperature"
+
+
+@pytest.fixture
+async def two_workers(tmp_path: Path, database_url: str) -> AsyncIterator[Cluster]:
+    broker = start_mosquitto(tmp_path / "mosquitto")
+    cluster = Cluster(cluster_env(tmp_path / "data", database_url, broker.port), tmp_path, database_url)
+    try:
+        cluster.cli("user", "create", "owner", "--role", "owner", "--password-stdin", stdin=PASSWORD.encode())
+        first = cluster.spawn("a")
+        await cluster.ready(first)  # the first one creates the station; the second finds it
+        second = cluster.spawn("b")
+        await cluster.ready(second)
+        await cluster.login(first)
+        yield cluster
+    finally:
+        cluster.stop()
+        broker.stop()
+
+
+async def create_device(cluster: Cluster) -> str:
+    async with httpx.AsyncClient(base_url=cluster.workers[0].url, timeout=10) as client:
+        r = await client.post(
+            "/api/v1/devices", headers=cluster.headers(), json={"id": DEVICE, "type": "climate"}
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["station_id"])
+
+
+async def test_two_workers_store_a_qos1_stream_once_and_share_events(two_workers: Cluster) -> None:
+    a, b = two_workers.workers
+    statuses = [await two_workers.status(a), await two_workers.status(b)]
+    assert {s["worker"] for s in statuses} == {"w0", "w1"}
+    assert statuses[0]["leader"] == statuses[1]["leader"] in {"w0", "w1"}
+
+    async with EventStream(b, two_workers.token, "device.*").open() as on_b:
+        station_id = await create_device(two_workers)  # on worker A
+        # Produced by A's API call, seen by an SSE client of B (bridged over LISTEN/NOTIFY).
+        await wait_for(lambda: on_b.of("device.created"), timeout=10, message="device.created on B")
+
+        publisher = Publisher(
+            two_workers.env_port, f"station/{station_id}/device/{DEVICE}/state", 2000, rate=2000
+        )
+        publisher.start()
+        await publisher.wait()
+
+        async def all_stored() -> bool:
+            rows, _ = await two_workers.stored(CHANNEL)
+            return rows >= 2000
+
+        with contextlib.suppress(AssertionError):  # the assertion below tells which are missing
+            await wait_for(all_stored, timeout=30, interval=0.2, message="every message stored")
+        assert await two_workers.stored(CHANNEL) == (2000, 2000), await two_workers.missing(CHANNEL, 2000)
+        # The device went online once, announced by exactly one of the two workers that saw it.
+        await wait_for(lambda: on_b.of("device.online"), timeout=10, message="device.online on B")
+        assert len(on_b.of("device.online")) == 1
+    # Both workers took part in the ingest (the broker spread the shared subscription).
+    for worker in (a, b):
+        text = worker.log.read_text()
+        assert "MQTT connected" in text
+    ingest = [await _ingested(w) for w in (a, b)]
+    assert all(n > 0 for n in ingest), ingest
+
+
+async def _ingested(worker: Worker) -> float:
+    async with httpx.AsyncClient(base_url=worker.url, timeout=10) as client:
+        text = (await client.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith("waystation_ingest_messages_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def test_a_killed_worker_loses_nothing_and_its_jobs_move(two_workers: Cluster) -> None:
+    station_id = await create_device(two_workers)
+    a, b = two_workers.workers
+    leader_name = (await two_workers.status(a))["leader"]
+    by_name = {(await two_workers.status(w))["worker"]: w for w in (a, b)}
+    leader, survivor = by_name[leader_name], next(w for n, w in by_name.items() if n != leader_name)
+
+    count = 3000
+    publisher = Publisher(
+        two_workers.env_port, f"station/{station_id}/device/{DEVICE}/state", count, rate=1000
+    )
+    publisher.start()
+    await wait_for(lambda: publisher.sent >= count // 3, timeout=20, message="a third of the stream")
+    leader.kill()  # mid-stream, holding unacknowledged messages and the leadership
+
+    async def took_over() -> bool:
+        status = await two_workers.status(survivor)
+        return bool(status["is_leader"]) and status["workers"] == [status["worker"]]
+
+    await wait_for(took_over, timeout=10, interval=0.2, message="the survivor leads")
+    await publisher.wait()
+
+    async def all_stored() -> bool:
+        rows, _ = await two_workers.stored(CHANNEL)
+        return rows >= count
+
+    with contextlib.suppress(AssertionError):  # the assertion below tells how many are missing
+        await wait_for(all_stored, timeout=30, interval=0.5, message="every message stored")
+    async with httpx.AsyncClient(base_url=survivor.url, timeout=10) as client:
+        metrics = [
+            line
+            for line in (await client.get("/metrics")).text.splitlines()
+            if line.startswith(("waystation_ingest", "waystation_mqtt", "waystation_device_messages"))
+        ]
+    missing = await two_workers.missing(CHANNEL, count)
+    assert await two_workers.stored(CHANNEL) == (count, count), (missing, "\n".join(metrics))
+    status = await two_workers.status(survivor)
+    assert status["leader"] == status["worker"]
+    assert "rules" in status["jobs"] and "mqtt-adopt" in status["jobs"]
+
+    # The dead worker's MQTT session (its unacknowledged and queued messages) was adopted and ended.
+    async def adopted() -> list[str]:
+        return [s["worker"] for s in (await two_workers.status(survivor))["adopted_sessions"]]
+
+    assert await wait_for(adopted, timeout=15, interval=0.2, message="adoption") == [leader_name]

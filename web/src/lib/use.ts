@@ -1,0 +1,76 @@
+// Composables: live events that unsubscribe with the component, a debounced reload, a loader with errors.
+
+import { onBeforeUnmount, onMounted, ref, type Ref } from "vue";
+import { errorMessage } from "../api/client";
+import type { LiveHandler } from "../stores/live";
+import { live } from "../stores/session";
+
+/** Subscribe to live events while the component is mounted. */
+export function useLive(pattern: string, fn: LiveHandler): void {
+  let off: (() => void) | null = null;
+  onMounted(() => (off = live.on(pattern, fn)));
+  onBeforeUnmount(() => off?.());
+}
+
+/** Coalesce bursts of "something changed" into one reload at most every `ms`. */
+export function debounced(fn: () => void, ms = 300): () => void {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return () => {
+    clearTimeout(timer);
+    timer = setTimeout(fn, ms);
+  };
+}
+
+/** Run `fn` now and every `ms` while mounted (for numbers no event carries). */
+export function usePolling(fn: () => unknown, ms: number): void {
+  let timer: ReturnType<typeof setInterval> | undefined;
+  onMounted(() => {
+    void fn();
+    timer = setInterval(() => void fn(), ms);
+  });
+  onBeforeUnmount(() => clearInterval(timer));
+}
+
+/** A value loaded from the station, with its error message and a reload function. */
+export function useLoad<T>(fn: () => Promise<T>): {
+  data: Ref<T | null>;
+  error: Ref<string | null>;
+  loading: Ref<boolean>;
+  reload: () => Promise<void>;
+} {
+  const data = ref<T | null>(null) as Ref<T | null>;
+  const error = ref<string | null>(null);
+  const loading = ref(false);
+  async function reload(): Promise<void> {
+    loading.value = true;
+    try {
+      data.value = await fn();
+      error.value = null;
+    } catch (err) {
+      error.value = errorMessage(err);
+    } finally {
+      loading.value = false;
+    }
+  }
+  return { data, error, loading, reload };
+}
+
+/** Run an action, keeping its error message for the screen. */
+export function useAction(): { busy: Ref<boolean>; error: Ref<string | null>; run: (fn: () => Promise<unknown>) => Promise<boolean> } {
+  const busy = ref(false);
+  const error = ref<string | null>(null);
+  async function run(fn: () => Promise<unknown>): Promise<boolean> {
+    busy.value = true;
+    error.value = null;
+    try {
+      await fn();
+      return true;
+    } catch (err) {
+      error.value = errorMessage(err);
+      return false;
+    } finally {
+      busy.value = false;
+    }
+  }
+  return { busy, error, run };
+}
