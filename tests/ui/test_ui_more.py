@@ -60,13 +60,19 @@ async def test_dashboard_built_in_the_ui_shows_live_values(station: StationHandl
         # Move the chart down one row and save the layout: the station keeps the new place.
         await page.get_by_role("button", name="Move Trend down").click()
         await page.get_by_role("button", name="Save layout").click()
-        await expect(page.get_by_role("button", name="Save layout")).to_be_disabled()
+        # The button is also disabled while the request runs, so ask the station until it has the move.
         headers = await station.owner_headers()
         boards = (await station.client.get("/api/v1/dashboards", headers=headers)).json()["items"]
-        board = (await station.client.get(f"/api/v1/dashboards/{boards[0]['id']}", headers=headers)).json()
-        places = {w["title"]: w["position"] for w in board["widgets"]}
-        assert places["Air"] == {"x": 0, "y": 0, "w": 3, "h": 2}
-        assert places["Trend"] == {"x": 3, "y": 1, "w": 6, "h": 4}
+
+        async def places() -> dict[str, Any] | None:
+            r = await station.client.get(f"/api/v1/dashboards/{boards[0]['id']}", headers=headers)
+            found = {w["title"]: w["position"] for w in r.json()["widgets"]}
+            return found if found.get("Trend", {}).get("y") == 1 else None
+
+        saved = await wait_for(places, message="the saved layout")
+        assert saved["Air"] == {"x": 0, "y": 0, "w": 3, "h": 2}
+        assert saved["Trend"] == {"x": 3, "y": 1, "w": 6, "h": 4}
+        await expect(page.get_by_role("button", name="Save layout")).to_be_disabled()
         await page.get_by_role("button", name="Done").click()
         await expect(page.get_by_test_id("add-widget")).to_have_count(0)
 
