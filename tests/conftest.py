@@ -34,7 +34,15 @@ def pytest_report_header() -> str:
     return f"waystation test database: {TEST_DB}"
 
 
+def _measured_seconds(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("slow")
+    return float(marker.args[0]) if marker and marker.args else 0.0
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Long tests first: xdist hands out tests in this order, so they start at once on separate workers
+    # instead of one of them starting near the end and keeping the whole run waiting.
+    items.sort(key=_measured_seconds, reverse=True)
     if TEST_DB != "postgresql":
         skip = pytest.mark.skip(reason="needs WAYSTATION_TEST_DB=postgresql")
         for item in items:

@@ -125,6 +125,7 @@ def fuzz(base_url: str) -> tuple[list[str], int]:
     return failures, total
 
 
+@pytest.mark.slow(70)
 async def test_api_fuzz(settings_factory: Any) -> None:
     # Rate limits up so the fuzzer reaches the handlers instead of a wall of 429s (tests/security covers
     # the limits with their real values).

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 WAYSTATION = [sys.executable, "-m", "waystation"]
 
 
@@ -22,6 +24,7 @@ def make_env(database_url: str, tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow(12)
 def test_user_create_and_passwd(database_url: str, tmp_path: Path) -> None:
     env = make_env(database_url, tmp_path)
     r = run(["user", "create", "alice", "--role", "admin", "--password-stdin"], env, "a-strong-password\n")

@@ -72,6 +72,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait()
 
 
+@pytest.mark.slow(11)
 @pytest.mark.parametrize("broker_kind", ["mosquitto", "amqtt"])
 def test_run_demo_on_embedded_broker(tmp_path: Path, broker_kind: str) -> None:
     mqtt_port, http_port = free_port(), free_port()
@@ -175,6 +176,7 @@ def test_first_start_without_demo_prints_a_setup_link(tmp_path: Path) -> None:
     assert f"http://127.0.0.1:{http_port}/setup?token=wss_" in output.replace("\n", "")
 
 
+@pytest.mark.slow(7)
 def test_a_killed_station_does_not_leave_its_broker_behind(tmp_path: Path) -> None:
     """SIGKILL gives the station no chance to stop its Mosquitto child: the child must still go (the
     kernel's parent-death signal), so the next start finds the port free."""

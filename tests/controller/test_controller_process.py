@@ -142,6 +142,7 @@ def poll(predicate, timeout: float, message: str):  # type: ignore[no-untyped-de
     raise AssertionError(f"timed out waiting for {message}")
 
 
+@pytest.mark.slow(6)
 def test_killing_and_restarting_the_station_loses_and_duplicates_nothing(
     station_process: StationProcess, tmp_path: Path
 ) -> None:

@@ -196,6 +196,7 @@ async def test_last_client_leaving_stops_the_scan_and_clears_candidates(ble_stat
     assert r.status_code == 404 and r.json()["code"] == "PROVISIONING_CANDIDATE_NOT_FOUND"
 
 
+@pytest.mark.slow(13)
 async def test_failures_are_reported_precisely_and_leave_nothing_behind(ble_station: StationHandle) -> None:
     station = ble_station
     owner = await station.owner_headers()

@@ -43,6 +43,7 @@ async def cli(settings: Settings, *args: str, stdin: str) -> tuple[int, str]:
     return proc.returncode, out.decode()
 
 
+@pytest.mark.slow(14)
 async def test_cli_export_then_import_into_a_fresh_database(
     station: StationHandle, target_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
@@ -75,6 +76,7 @@ async def test_cli_export_then_import_into_a_fresh_database(
     assert imported["stations"] == source["stations"]
 
 
+@pytest.mark.slow(12)
 async def test_scheduled_snapshots_are_written_and_pruned(
     settings_factory: Callable[..., Settings], tmp_path: Path
 ) -> None:

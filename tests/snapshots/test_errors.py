@@ -30,6 +30,7 @@ async def document_of(station: StationHandle) -> dict[str, Any]:
         await db.dispose()
 
 
+@pytest.mark.slow(50)
 async def test_bad_files_get_clear_errors_and_change_nothing(station: StationHandle) -> None:
     await station.create_device("climate-1")
     data = await export(station)
@@ -97,6 +98,7 @@ async def test_importing_its_own_snapshot_changes_nothing_but_the_audit_log(stat
     ]
 
 
+@pytest.mark.slow(12)
 async def test_a_changed_and_a_removed_row_show_in_the_dry_run(station: StationHandle) -> None:
     owner = await station.owner_headers()
     await station.create_device("keep-me", name="Before")

@@ -52,6 +52,7 @@ def audit_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["ts"], row["actor"], row["action"], row["target"], row["summary"])
 
 
+@pytest.mark.slow(14)
 async def test_round_trip_into_a_fresh_station_keeps_every_entity(
     station: StationHandle, target_settings: Callable[..., Settings], receiver: HttpReceiver
 ) -> None:

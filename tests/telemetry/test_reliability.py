@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
@@ -135,6 +136,7 @@ async def _broker_and_one_sensor(
     return mosquitto, db, station_id
 
 
+@pytest.mark.slow(14)
 async def test_kill_9_mid_stream_then_restart_stores_every_message_exactly_once(
     tmp_path: Path, database_url: str
 ) -> None:
@@ -179,6 +181,7 @@ async def test_kill_9_mid_stream_then_restart_stores_every_message_exactly_once(
         mosquitto.stop()
 
 
+@pytest.mark.slow(16)
 async def test_sigterm_mid_stream_stops_promptly_and_loses_nothing(tmp_path: Path, database_url: str) -> None:
     """A graceful stop under a steady stream: the station commits what it holds and exits within seconds
     (it stops taking new messages instead of chasing the stream); the broker keeps the rest for it."""

@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+import pytest
 from playwright.async_api import Browser, Page, expect
 
 from tests.helpers import start_station
@@ -41,6 +42,7 @@ async def _no_error(page: Page) -> None:
     await expect(page.locator(".notice.error")).to_have_count(0)
 
 
+@pytest.mark.slow(15)
 async def test_main_views_render_on_a_demo_station(
     settings_factory, browser: Browser, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
