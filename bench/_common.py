@@ -13,6 +13,7 @@ import pwd
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -282,3 +283,38 @@ class Watch:
             out["open_fds"] = ps.num_fds()
             out["child_processes"] = len(ps.children(recursive=True))
         return out
+
+
+# PostgreSQL for benchmarks that run on it: the local server (trust auth), one fresh database per run.
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PG_URL = "postgresql://postgres@127.0.0.1:5432/{db}"
+PG_ASYNC_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"
+
+
+def psql(url: str, sql: str) -> str:
+    out = subprocess.run(
+        ["psql", url, "-v", "ON_ERROR_STOP=1", "-Atc", sql], capture_output=True, text=True, timeout=60
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"psql failed: {sql}\n{out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+class Store:
+    """Read-only queries against the station's database, from outside the station."""
+
+    def __init__(self, kind: str, sqlite_path: Path | None = None, pg_db: str | None = None) -> None:
+        self.kind, self.sqlite_path, self.pg_db = kind, sqlite_path, pg_db
+
+    def scalar(self, sql: str) -> Any:
+        if self.kind == "sqlite":
+            with contextlib.closing(sqlite3.connect(f"file:{self.sqlite_path}?mode=ro", uri=True)) as db:
+                row = db.execute(sql).fetchone()
+                return row[0] if row else None
+        text = psql(PG_URL.format(db=self.pg_db), sql)
+        return text.splitlines()[0] if text else None
+
+    def version(self) -> str:
+        if self.kind == "sqlite":
+            return sqlite3.sqlite_version
+        return str(self.scalar("show server_version"))

@@ -34,7 +34,6 @@ import re
 import resource
 import shutil
 import signal
-import sqlite3
 import sys
 import tempfile
 import time
@@ -48,10 +47,13 @@ from _common import (
     BENCH,
     MB,
     MOSQUITTO,
+    PG_ADMIN_URL,
+    PG_ASYNC_URL,
     VENV_BIN,
     Child,
     Children,
     Interrupted,
+    Store,
     Watch,
     by_label,
     cpu_seconds,
@@ -59,6 +61,7 @@ from _common import (
     log,
     mosquitto_version,
     on_sigterm,
+    psql,
     scrape,
     start_broker,
     station_env,
@@ -102,7 +105,7 @@ def register_fleet(
     args: argparse.Namespace,
     env: dict[str, str],
     mqtt_url: str,
-    db_path: Path,
+    store: Store,
     prefix: str = "sim",
     devices: int | None = None,
 ) -> tuple[str, float]:
@@ -136,14 +139,16 @@ def register_fleet(
     if "simulating" not in sim.text():
         raise RuntimeError(f"`waystation simulate` failed to register the fleet:\n{sim.tail()}")
     seconds = time.monotonic() - t0
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
-        row = db.execute("SELECT id FROM stations WHERE is_default").fetchone()
-        if row is None:
-            raise RuntimeError("no default station in the database after registration")
-        station_id = str(row[0])
-        count = db.execute(
-            "SELECT count(*) FROM devices WHERE station_id = ? AND id LIKE ?", (station_id, f"{prefix}-%")
-        ).fetchone()[0]
+    found = store.scalar("SELECT id FROM stations WHERE is_default")
+    if found is None:
+        raise RuntimeError("no default station in the database after registration")
+    station_id = str(found)
+    # Both values are generated here (a uuid and a fixed prefix), not user input.
+    count = int(
+        store.scalar(
+            f"SELECT count(*) FROM devices WHERE station_id = '{station_id}' AND id LIKE '{prefix}-%'"
+        )
+    )
     if count != devices:
         raise RuntimeError(f"expected {devices} registered devices, the database has {count}")
     log(f"registered {count} devices in station {station_id} ({seconds:.1f}s)")
@@ -174,6 +179,10 @@ def wait_online(args: argparse.Namespace, station: Child, sim: Child, client: ht
         time.sleep(1.0)
 
 
+def pg_database_name() -> str:
+    return f"ws_devices_{os.getpid()}"
+
+
 def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str, Any]:
     fd_limit = check_fd_limit(args.devices // args.simulators)  # per simulator process
     mqtt_port, http_port = free_port(), free_port()
@@ -181,6 +190,12 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
         http_port = free_port()
     data_dir = workdir / "data"
     env = station_env(data_dir, mqtt_port, http_port)
+    pg_db = pg_database_name() if args.db == "postgresql" else None
+    if pg_db:
+        psql(PG_ADMIN_URL, f"create database {pg_db}")
+        log(f"created database {pg_db}")
+        env["WAYSTATION_DATABASE_URL"] = PG_ASYNC_URL.format(db=pg_db)
+    store = Store(args.db, data_dir / "waystation.db", pg_db)
     mqtt_url = f"mqtt://127.0.0.1:{mqtt_port}"
 
     log(f"mosquitto on 127.0.0.1:{mqtt_port}, station HTTP on 127.0.0.1:{http_port}, work dir {workdir}")
@@ -204,9 +219,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
         prefixes = ["sim" if k == 0 else f"sim{k}" for k in range(args.simulators)]  # ids: <prefix>-0001
         register_s = 0.0
         for prefix in prefixes:
-            station_id, seconds = register_fleet(
-                children, args, env, mqtt_url, data_dir / "waystation.db", prefix, share
-            )
+            station_id, seconds = register_fleet(children, args, env, mqtt_url, store, prefix, share)
             register_s += seconds
 
         station = children.spawn("station", [str(VENV_BIN / "waystation"), "run"], env)
@@ -418,7 +431,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path) -> dict[str
             "heartbeat_interval_s": args.heartbeat,
             "measure_window_s": round(wall, 1),
             "settle_s": args.settle,
-            "database": "sqlite",
+            "database": args.db,
             "broker": "mosquitto (private, loopback)",
             "expected_messages_per_s_approx": round(
                 args.devices * (args.rate + 1.0 / args.heartbeat) + args.telemetry_rate, 1
@@ -553,6 +566,9 @@ def main() -> int:
         "--simulators", type=int, default=1, help="simulator processes sharing the fleet (1; ~3 fds/device)"
     )
     parser.add_argument(
+        "--db", choices=["sqlite", "postgresql"], default="sqlite", help="the station's database (sqlite)"
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the temp dir (logs, database) for inspection"
     )
     parser.add_argument(
@@ -588,6 +604,9 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         children.stop_all()
+        if args.db == "postgresql":
+            with contextlib.suppress(RuntimeError):
+                psql(PG_ADMIN_URL, f"drop database if exists {pg_database_name()} with (force)")
         if args.keep or not ok:
             log(f"work dir kept: {workdir}")
         else:

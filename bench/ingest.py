@@ -47,7 +47,6 @@ import re
 import secrets
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -65,14 +64,18 @@ from _common import (
     BENCH,
     MB,
     MOSQUITTO,
+    PG_ADMIN_URL,
+    PG_ASYNC_URL,
     VENV_BIN,
     Children,
     Interrupted,
+    Store,
     cpu_seconds,
     free_port,
     log,
     mosquitto_version,
     on_sigterm,
+    psql,
     rss_hwm_mb,
     scrape,
     start_broker,
@@ -80,9 +83,6 @@ from _common import (
     wait_ready,
 )
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-PG_URL = "postgresql://postgres@127.0.0.1:5432/{db}"
-PG_ASYNC_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"
 FIELDS = 3  # numeric fields per message: a, b, c
 
 TARGET_RATIO = {"sqlite": 0.7, "postgresql": 0.55}
@@ -93,35 +93,6 @@ WINDOW = (0.10, 0.90)  # steady window: from 10 % to 90 % of the messages
 
 
 # --- small helpers ---------------------------------------------------------------------------------
-
-
-def psql(url: str, sql: str) -> str:
-    out = subprocess.run(
-        ["psql", url, "-v", "ON_ERROR_STOP=1", "-Atc", sql], capture_output=True, text=True, timeout=60
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"psql failed: {sql}\n{out.stderr.strip()}")
-    return out.stdout.strip()
-
-
-class Store:
-    """Read-only queries against the station's database, from outside the station."""
-
-    def __init__(self, kind: str, sqlite_path: Path | None = None, pg_db: str | None = None) -> None:
-        self.kind, self.sqlite_path, self.pg_db = kind, sqlite_path, pg_db
-
-    def scalar(self, sql: str) -> Any:
-        if self.kind == "sqlite":
-            with contextlib.closing(sqlite3.connect(f"file:{self.sqlite_path}?mode=ro", uri=True)) as db:
-                row = db.execute(sql).fetchone()
-                return row[0] if row else None
-        text = psql(PG_URL.format(db=self.pg_db), sql)
-        return text.splitlines()[0] if text else None
-
-    def version(self) -> str:
-        if self.kind == "sqlite":
-            return sqlite3.sqlite_version
-        return str(self.scalar("show server_version"))
 
 
 def steady_rate(samples: list[tuple[float, float]], total: int) -> dict[str, Any]:

@@ -36,6 +36,9 @@ from typing import Any
 import httpx
 
 from _common import (
+    PG_ADMIN_URL,
+    PG_ASYNC_URL,
+    PG_URL,
     VENV_BIN,
     Children,
     Interrupted,
@@ -43,11 +46,12 @@ from _common import (
     log,
     mosquitto_version,
     on_sigterm,
+    psql,
     start_broker,
     station_env,
     wait_ready,
 )
-from ingest import FIELDS, PG_ADMIN_URL, PG_ASYNC_URL, PG_URL, psql, steady_rate
+from ingest import FIELDS, steady_rate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "workers.json"
 TARGET_SPEEDUP = 1.6
