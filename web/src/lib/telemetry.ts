@@ -18,6 +18,12 @@ export interface TelemetryDeps {
   maxDelayMs?: number;
 }
 
+/** Is a reading at `ts` newer than what is shown (`shownTs`)? A fetched "latest" can be older than a
+ * value the socket already brought, and must not put it back. */
+export function isNewer(ts: string, shownTs: string | null | undefined): boolean {
+  return !shownTs || Date.parse(ts) >= Date.parse(shownTs);
+}
+
 export function telemetryUrl(location: { protocol: string; host: string }, channels: string[], token: string): string {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const params = new URLSearchParams({ channels: channels.join(","), access_token: token });

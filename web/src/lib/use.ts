@@ -31,29 +31,49 @@ export function usePolling(fn: () => unknown, ms: number): void {
   onBeforeUnmount(() => clearInterval(timer));
 }
 
-/** A value loaded from the station, with its error message and a reload function. */
+/** A value loaded from the station, with its error message and a reload function.
+ *
+ * Views also change the loaded value in place from live events. A response can be older than such an
+ * event (the GET was answered before the event, which overtook it), so a view calls `changed()` for every
+ * live event it applies, and a reload that saw one while on its way asks again instead of putting the
+ * older snapshot back. Only the newest of overlapping reloads sets the value. */
 export function useLoad<T>(fn: () => Promise<T>): {
   data: Ref<T | null>;
   error: Ref<string | null>;
   loading: Ref<boolean>;
   reload: () => Promise<void>;
+  changed: () => void;
 } {
   const data = ref<T | null>(null) as Ref<T | null>;
   const error = ref<string | null>(null);
   const loading = ref(false);
+  let latest = 0; // the newest reload; older ones drop their response
+  let liveChanges = 0;
   async function reload(): Promise<void> {
+    const mine = ++latest;
     loading.value = true;
     try {
-      data.value = await fn();
-      error.value = null;
+      for (let attempt = 1; ; attempt++) {
+        const before = liveChanges;
+        const value = await fn();
+        if (mine !== latest) return;
+        // Bounded: under a steady stream of events the value applied is at most one event behind, and
+        // that event was applied in place already.
+        if (before !== liveChanges && attempt < MAX_LOAD_ATTEMPTS) continue;
+        data.value = value;
+        error.value = null;
+        return;
+      }
     } catch (err) {
-      error.value = errorMessage(err);
+      if (mine === latest) error.value = errorMessage(err);
     } finally {
-      loading.value = false;
+      if (mine === latest) loading.value = false;
     }
   }
-  return { data, error, loading, reload };
+  return { data, error, loading, reload, changed: () => void liveChanges++ };
 }
+
+const MAX_LOAD_ATTEMPTS = 3;
 
 /** Run an action, keeping its error message for the screen. */
 export function useAction(): { busy: Ref<boolean>; error: Ref<string | null>; run: (fn: () => Promise<unknown>) => Promise<boolean> } {
