@@ -7,9 +7,12 @@ import asyncio
 import contextlib
 from typing import Any
 
+from sqlalchemy import update
+
 from tests.helpers import DeviceClient, HttpReceiver, StationHandle, start_station, wait_for
 from tests.realtime.test_sse import read_events
 from waystation.rules.models import Alert
+from waystation.telemetry.models import Channel
 
 
 async def _second_station(station: StationHandle) -> str:
@@ -126,6 +129,34 @@ async def test_workspace_gathers_a_device_page_in_one_call(station: StationHandl
     alice = await station.user_headers("alice", "member")
     r = await station.client.get("/api/v1/devices/ws-b/workspace", headers=alice)
     assert r.status_code == 404 and r.json()["code"] == "DEVICE_NOT_FOUND"
+
+
+async def test_workspace_shows_a_newer_reading_stored_by_another_worker(station: StationHandle) -> None:
+    """With several workers, this process's latest-value cache can lag the row another worker wrote."""
+    owner = await station.owner_headers()
+    await station.create_device("ws-2", "climate")
+    channel = "device:ws-2/temperature"
+    async with DeviceClient(station.mqtt_port, station.station_id, "ws-2") as dev:
+        await dev.publish("state", {"state": {"temperature": 20.0}})
+        assert station.ctx.ingest is not None
+        ingest = station.ctx.ingest
+        await wait_for(lambda: channel in ingest.latest, message="the reading in this process's cache")
+    ts_us, _ = ingest.latest[channel]
+    # What another worker's ingest does: a newer reading straight into the channel row.
+    async with station.ctx.db.session() as session:
+        await session.execute(
+            update(Channel).where(Channel.id == channel).values(last_ts=ts_us + 1_000_000, last_value=25.5)
+        )
+    r = await station.client.get("/api/v1/devices/ws-2/workspace", headers=owner)
+    latest = {item["key"]: item for item in r.json()["latest"]}
+    assert latest["temperature"]["value"] == 25.5
+    # And the cache still wins when it is the newer one.
+    async with station.ctx.db.session() as session:
+        await session.execute(
+            update(Channel).where(Channel.id == channel).values(last_ts=ts_us - 1_000_000, last_value=1.0)
+        )
+    r = await station.client.get("/api/v1/devices/ws-2/workspace", headers=owner)
+    assert {i["key"]: i["value"] for i in r.json()["latest"]}["temperature"] == 20.0
 
 
 async def test_system_status_events_flow_only_while_someone_listens(settings_factory: Any) -> None:

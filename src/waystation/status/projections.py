@@ -133,8 +133,11 @@ async def workspace(session: AsyncSession, ctx: AppContext, device: Device) -> d
     ).all()
     latest = []
     for ch in channels:
+        # The cache holds what this process stored; with several workers another one may have stored a
+        # newer reading, which the row has. The newer of the two wins.
         cached = ctx.ingest.latest.get(ch.id) if ctx.ingest else None
-        ts_us, value = cached if cached else (ch.last_ts, ch.last_value)
+        fresh = cached is not None and (ch.last_ts is None or cached[0] >= ch.last_ts)
+        ts_us, value = cached if cached is not None and fresh else (ch.last_ts, ch.last_value)
         latest.append(
             {
                 "channel": ch.id,
