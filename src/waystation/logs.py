@@ -7,11 +7,26 @@ import logging
 import logging.handlers
 from pathlib import Path
 
+from concurrent_log_handler import ConcurrentRotatingFileHandler
+
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _MANAGED = "_waystation_handler"
 
 
-def setup_logging(data_dir: Path, debug: bool = False, console: bool = True) -> None:
+APP_LOG_BYTES, APP_LOG_BACKUPS = 5_000_000, 5
+DEBUG_LOG_BYTES, DEBUG_LOG_BACKUPS = 10_000_000, 3
+
+
+def _rotating(path: Path, max_bytes: int, backups: int, shared: bool) -> logging.Handler:
+    if shared:
+        # Several worker processes append to the same files: the library takes a file lock around each
+        # write and each rollover, so one process never rotates a file under another's feet.
+        return ConcurrentRotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups)
+    return logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups)
+
+
+def setup_logging(data_dir: Path, debug: bool = False, console: bool = True, shared: bool = False) -> None:
+    """`shared`: this process is one of several writing the same files (`waystation run --workers N`)."""
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
@@ -27,10 +42,10 @@ def setup_logging(data_dir: Path, debug: bool = False, console: bool = True) -> 
         stream = logging.StreamHandler()
         stream.setLevel(logging.DEBUG if debug else logging.INFO)
         handlers.append(stream)
-    app_log = logging.handlers.RotatingFileHandler(logs / "app.log", maxBytes=5_000_000, backupCount=5)
+    app_log = _rotating(logs / "app.log", APP_LOG_BYTES, APP_LOG_BACKUPS, shared)
     app_log.setLevel(logging.INFO)
     handlers.append(app_log)
-    debug_log = logging.handlers.RotatingFileHandler(logs / "debug.log", maxBytes=10_000_000, backupCount=3)
+    debug_log = _rotating(logs / "debug.log", DEBUG_LOG_BYTES, DEBUG_LOG_BACKUPS, shared)
     debug_log.setLevel(logging.DEBUG)
     handlers.append(debug_log)
     for handler in handlers:

@@ -34,7 +34,7 @@ def worker_app() -> FastAPI:
     if raw is None:
         raise RuntimeError(f"{SETTINGS_ENV} is not set: start workers with `waystation run --workers N`")
     settings = Settings(**orjson.loads(raw))
-    setup_logging(settings.data_dir, debug=settings.debug)
+    setup_logging(settings.data_dir, debug=settings.debug, shared=True)
     console = Console(stderr=True)
 
     def announce(message: str) -> None:
