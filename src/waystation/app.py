@@ -263,6 +263,8 @@ def create_app(settings: Settings, options: AppOptions | None = None) -> FastAPI
             # The cloud link idles until it is enabled (POST /api/v1/cloud/claim) and has a URL.
             ctx.cloud = CloudLink(settings, db, bus, ctx.box, ctx.devices, ctx.default_station_id)
             service("cloud", ctx.cloud.run, singleton=True)
+            if ctx.cluster is not None:
+                service("cloud-follower", ctx.cloud.follow_leader)
             devices, ingest = ctx.devices, ctx.ingest
             tasks.append(asyncio.create_task(supervise("ingest", ingest.run), name="ingest"))
             tasks.append(asyncio.create_task(supervise("devices", devices.run), name="devices"))

@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import TEST_DB
 from tests.faults.workers import PASSWORD, Cluster, EventStream, Publisher, Worker, cluster_env
 from tests.helpers import start_mosquitto, wait_for
+from waystation.cloud.fake import FakeCloud
 
 pytestmark = [
     pytest.mark.skipif(
@@ -141,3 +142,60 @@ async def test_a_killed_worker_loses_nothing_and_its_jobs_move(two_workers: Clus
         return [s["worker"] for s in (await two_workers.status(survivor))["adopted_sessions"]]
 
     assert await wait_for(adopted, timeout=15, interval=0.2, message="adoption") == [leader_name]
+
+
+async def test_a_claim_answered_by_a_follower_reaches_the_link_on_the_leader(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The cloud link runs on the leader only; claim, unclaim and status work through any worker."""
+    broker = start_mosquitto(tmp_path / "mosquitto")
+    async with FakeCloud() as fake:
+        env = cluster_env(tmp_path / "data", database_url, broker.port)
+        env.update({"WAYSTATION_CLOUD_URL": fake.url, "WAYSTATION_CLOUD_BACKOFF_INITIAL_SECONDS": "0.1"})
+        cluster = Cluster(env, tmp_path, database_url)
+        try:
+            cluster.cli(
+                "user", "create", "owner", "--role", "owner", "--password-stdin", stdin=PASSWORD.encode()
+            )
+            for name in ("a", "b"):
+                worker = cluster.spawn(name)
+                await cluster.ready(worker)
+            await cluster.login(cluster.workers[0])
+
+            async def roles() -> tuple[Worker, Worker] | None:
+                statuses = [await cluster.status(w) for w in cluster.workers]
+                leader = statuses[0]["leader"]
+                if leader is None or any(s["leader"] != leader for s in statuses):
+                    return None
+                by_name = {s["worker"]: w for s, w in zip(statuses, cluster.workers, strict=True)}
+                return by_name[leader], next(w for w in cluster.workers if w is not by_name[leader])
+
+            _, follower = await wait_for(roles, timeout=20, message="an agreed leader")
+            async with httpx.AsyncClient(
+                base_url=follower.url, timeout=10, headers=cluster.headers()
+            ) as client:
+                r = await client.post("/api/v1/cloud/claim")
+                assert r.status_code == 200, r.text
+                station = await wait_for(
+                    lambda: next((s for s in fake.stations.values() if s.token), None),
+                    timeout=20,
+                    message="the leader's link claimed at the cloud",
+                )
+
+                async def follower_sees(state: str, claimed: bool) -> bool:
+                    body = (await client.get("/api/v1/cloud/status")).json()
+                    return bool(body["state"] == state and body["claimed"] is claimed)
+
+                await wait_for(
+                    lambda: follower_sees("connected", True), timeout=20, message="connected, seen"
+                )
+                r = await client.post("/api/v1/cloud/unclaim")
+                assert r.status_code == 200, r.text
+                await wait_for(
+                    lambda: follower_sees("disabled", False), timeout=20, message="unclaimed, seen"
+                )
+                assert station is not None
+                await wait_for(lambda: not station.connected, timeout=20, message="the leader's link closed")
+        finally:
+            cluster.stop()
+            broker.stop()

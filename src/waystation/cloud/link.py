@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 State = Literal["disabled", "connecting", "claiming", "authenticating", "connected", "backoff"]
 STATUS_EVENT = "cloud.status_changed"
+# Internal and bridged to every worker (cluster/bridge.py): a claim or unclaim answered by a follower
+# reaches the link on the leader, and a follower asks the leader for its status.
+CONTROL_EVENT = "_cloud.control"
 PLAIN_QUEUE = 1000  # plain cloud messages waiting to be applied, in order
 MAX_TOKEN_LENGTH = 512
 MAX_REASON_LENGTH = 200  # of a cloud-supplied reason, before it reaches last_error, SSE and the log
@@ -144,6 +147,8 @@ class CloudLink:
         self._overflow_logged = False
         self._last_sent = 0.0
         self._closing: set[asyncio.Task[None]] = set()  # socket closes under way (kept: tasks are weak)
+        self.running = False  # this process runs the link (with several workers: only the leader)
+        self.leader_status: dict[str, Any] | None = None  # the leader's last status, on the others
         # Subscribed from the start, so events of the first moments are not missed; this station only.
         self._sub = bus.subscribe(
             TypeFilter(BUS_TYPES), maxsize=settings.cloud_queue_size, station_ids={station_id}
@@ -152,7 +157,13 @@ class CloudLink:
     # --- status ------------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """The link's state for `GET /api/v1/cloud/status` and `cloud.status_changed` (nothing secret)."""
+        """The link's state for `GET /api/v1/cloud/status` and `cloud.status_changed` (nothing secret).
+        A worker that does not run the link answers with what the leader last reported."""
+        if not self.running and self.leader_status is not None:
+            return dict(self.leader_status)
+        return self._own_status()
+
+    def _own_status(self) -> dict[str, Any]:
         return {
             "state": self.state,
             "enabled": self.enabled,
@@ -175,7 +186,7 @@ class CloudLink:
             self.next_retry_at = None
         if state != "connected":
             self.connected_since = None
-        self.bus.emit(STATUS_EVENT, self.status())
+        self.bus.emit(STATUS_EVENT, self._own_status())
 
     # --- control (REST routes, JSON-RPC methods) ---------------------------------------------------
 
@@ -191,6 +202,41 @@ class CloudLink:
                 task.add_done_callback(self._closing.discard)
         self._wake.set()
 
+    def request_reconfigure(self, *, disconnect: bool = False, reason: str = "unclaimed") -> None:
+        """`reconfigure` here and, with several workers, on the leader that runs the link."""
+        self.reconfigure(disconnect=disconnect, reason=reason)
+        self.bus.emit(CONTROL_EVENT, {"op": "reconfigure", "disconnect": disconnect, "reason": reason})
+
+    async def follow_leader(self) -> None:
+        """On every worker of a cluster: keep the status the leader reports, so that `status()` is right
+        on a worker that does not run the link. Asks the leader for it first."""
+        sub = self.bus.subscribe(TypeFilter([STATUS_EVENT]), maxsize=100)
+        try:
+            self.bus.emit(CONTROL_EVENT, {"op": "status"})
+            while True:
+                ev = await sub.get()
+                if not isinstance(ev, Gap) and ev.origin is not None:
+                    self.leader_status = dict(ev.data)
+        finally:
+            sub.close()
+
+    async def _obey_followers(self) -> None:
+        """On the worker that runs the link: requests bridged from the others (their own are applied
+        where they were made)."""
+        sub = self.bus.subscribe(TypeFilter([CONTROL_EVENT]), maxsize=100)
+        try:
+            while True:
+                ev = await sub.get()
+                if isinstance(ev, Gap) or ev.origin is None:
+                    continue
+                if ev.data.get("op") == "reconfigure":
+                    reason = str(ev.data.get("reason", ""))[:100]
+                    self.reconfigure(disconnect=bool(ev.data.get("disconnect")), reason=reason)
+                elif ev.data.get("op") == "status":
+                    self.bus.emit(STATUS_EVENT, self._own_status())
+        finally:
+            sub.close()
+
     async def set_active_channels(self, channels: list[str]) -> None:
         async with self.db.session() as session:
             await cloud_service.set_active_channels(session, self.box, channels)
@@ -203,7 +249,7 @@ class CloudLink:
                 station_id=self.station_id,
             )
         self.active = frozenset(channels)
-        self.bus.emit(STATUS_EVENT, self.status())
+        self.bus.emit(STATUS_EVENT, self._own_status())
 
     async def call(self, method: str, params: Any = None, within: float | None = None) -> Any:
         """A JSON-RPC request to the cloud; `RpcError` if it fails, times out or the link is down."""
@@ -215,12 +261,15 @@ class CloudLink:
     # --- the service -------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self.running = True
         try:
             async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._obey_followers())
                 tasks.create_task(self._pump())
                 tasks.create_task(self._apply_plain())
                 tasks.create_task(self._connect_loop())
         finally:
+            self.running = False
             self._set_state("disabled")
 
     async def _read_config(self) -> cloud_service.LinkConfig | None:

@@ -66,7 +66,7 @@ async def claim(
             + ("; new cloud: station token forgotten" if moved else ""),
             ip=client_ip(request),
         )
-        after_commit(session, lambda: link.reconfigure(disconnect=moved, reason="cloud URL changed"))
+        after_commit(session, lambda: link.request_reconfigure(disconnect=moved, reason="cloud URL changed"))
     if moved:
         link.claimed, link.claimed_at = False, None
     return await _status(ctx, principal)
@@ -91,6 +91,6 @@ async def unclaim(
             summary=f"station token wiped, claim secret renewed, link disabled; {users}",
             ip=client_ip(request),
         )
-        after_commit(session, lambda: link.reconfigure(disconnect=True))
+        after_commit(session, lambda: link.request_reconfigure(disconnect=True))
     link.claimed, link.claimed_at, link.enabled = False, None, False
     return await _status(ctx, principal)

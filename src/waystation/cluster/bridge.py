@@ -23,6 +23,7 @@ import asyncpg
 import orjson
 
 from waystation.bus import Bus, Event, Gap, TypeFilter
+from waystation.cloud.link import CONTROL_EVENT
 from waystation.cluster import locks
 from waystation.config import Settings
 from waystation.telemetry.ingest import READINGS_EVENT
@@ -35,6 +36,8 @@ MAX_PAYLOAD = 7900  # bytes; PostgreSQL refuses NOTIFY payloads of 8000 bytes an
 SEND_BATCH = 500  # events per transaction (one commit sends them all)
 SPLITTABLE = ("items", "readings")  # list members an oversized event may be split along
 NOT_BRIDGED = frozenset({"system.status"})  # each worker's own figures, meaningless elsewhere
+# Internal events (never shown to clients) that cross workers; "*" does not match internal types.
+BRIDGED_INTERNAL = (READINGS_EVENT, CONTROL_EVENT)
 CHECK_SECONDS = 2.0
 
 
@@ -45,7 +48,7 @@ class BusBridge:
         self.worker = worker
         # Subscribed at once, before events flow; local events only, so nothing is echoed back.
         self._sub = bus.subscribe(
-            TypeFilter([READINGS_EVENT, "*"]), maxsize=settings.cluster_bridge_queue, local_only=True
+            TypeFilter([*BRIDGED_INTERNAL, "*"]), maxsize=settings.cluster_bridge_queue, local_only=True
         )
         self._leader = False
         self._leader_changed = asyncio.Event()
