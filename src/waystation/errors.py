@@ -620,6 +620,13 @@ class BleProvisioningDisabled(Conflict):  # a setting, not an outage: retrying w
     title = "BLE provisioning is not enabled on this station"
 
 
+class BleProvisioningOnLeader(ServiceUnavailable):
+    """Several workers: the BLE manager (and the radio it drives) runs on the leader only."""
+
+    code = "BLE_PROVISIONING_ON_LEADER"
+    title = "BLE provisioning runs on the leader worker"
+
+
 class CandidateNotFound(NotFound):
     code = "PROVISIONING_CANDIDATE_NOT_FOUND"
     title = "No BLE candidate with this address is known"

@@ -147,11 +147,18 @@ async def test_a_killed_worker_loses_nothing_and_its_jobs_move(two_workers: Clus
 async def test_a_claim_answered_by_a_follower_reaches_the_link_on_the_leader(
     tmp_path: Path, database_url: str
 ) -> None:
-    """The cloud link runs on the leader only; claim, unclaim and status work through any worker."""
+    """The cloud link runs on the leader only; claim, unclaim and status work through any worker. BLE
+    provisioning is not passed on: a follower names the problem."""
     broker = start_mosquitto(tmp_path / "mosquitto")
     async with FakeCloud() as fake:
         env = cluster_env(tmp_path / "data", database_url, broker.port)
-        env.update({"WAYSTATION_CLOUD_URL": fake.url, "WAYSTATION_CLOUD_BACKOFF_INITIAL_SECONDS": "0.1"})
+        env.update(
+            {
+                "WAYSTATION_CLOUD_URL": fake.url,
+                "WAYSTATION_CLOUD_BACKOFF_INITIAL_SECONDS": "0.1",
+                "WAYSTATION_BLE_SIMULATE": "true",
+            }
+        )
         cluster = Cluster(env, tmp_path, database_url)
         try:
             cluster.cli(
@@ -170,7 +177,13 @@ async def test_a_claim_answered_by_a_follower_reaches_the_link_on_the_leader(
                 by_name = {s["worker"]: w for s, w in zip(statuses, cluster.workers, strict=True)}
                 return by_name[leader], next(w for w in cluster.workers if w is not by_name[leader])
 
-            _, follower = await wait_for(roles, timeout=20, message="an agreed leader")
+            leader, follower = await wait_for(roles, timeout=20, message="an agreed leader")
+            # BLE provisioning is not passed on: the follower says where it runs.
+            async with httpx.AsyncClient(timeout=10, headers=cluster.headers()) as client:
+                r = await client.get(f"{follower.url}/api/v1/provisioning/status")
+                assert r.status_code == 503 and r.json()["code"] == "BLE_PROVISIONING_ON_LEADER", r.text
+                r = await client.get(f"{leader.url}/api/v1/provisioning/status")
+                assert r.status_code == 200, r.text
             async with httpx.AsyncClient(
                 base_url=follower.url, timeout=10, headers=cluster.headers()
             ) as client:

@@ -31,6 +31,7 @@ from waystation.db import after_commit
 from waystation.devices import service as devices_service
 from waystation.errors import (
     BleProvisioningDisabled,
+    BleProvisioningOnLeader,
     CandidateNotFound,
     InsufficientRole,
     ProvisioningInProgress,
@@ -52,7 +53,20 @@ def manager(ctx: AppContext) -> ProvisioningManager:
         raise BleProvisioningDisabled(
             "BLE provisioning is off: set WAYSTATION_BLE_ENABLED=true (or WAYSTATION_BLE_SIMULATE=true)."
         )
+    if not_on_leader := _follower_note(ctx):
+        raise BleProvisioningOnLeader(not_on_leader)
     return ctx.provisioning_manager
+
+
+def _follower_note(ctx: AppContext) -> str | None:
+    """With several workers the manager runs on the leader only: say so, instead of answering with the
+    idle manager of a follower."""
+    if ctx.cluster is None or ctx.cluster.is_leader:
+        return None
+    return (
+        f"BLE provisioning runs on the leader worker; this is worker {ctx.cluster.worker}. "
+        "Send provisioning requests to the leader (GET /api/v1/status/cluster names it)."
+    )
 
 
 async def require_agent(principal: Principal = Depends(current_principal)) -> Principal:
@@ -278,6 +292,9 @@ async def provisioning_socket(websocket: WebSocket) -> None:
     mgr = ctx.provisioning_manager
     if mgr is None:
         await websocket.close(code=4409, reason="BLE provisioning is not enabled")
+        return
+    if _follower_note(ctx):
+        await websocket.close(code=4503, reason="BLE provisioning runs on the leader worker")
         return
     auth = StreamAuth(ctx, token, principal)
     feed = mgr.connect(principal.visible_stations)
