@@ -57,11 +57,17 @@ def test_workers_share_the_rotating_log_without_losing_a_line(
 
 
 def test_one_process_keeps_the_standard_handler(tmp_path: Path) -> None:
+    root = logging.getLogger()
+    levels = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict}
+    root_level = root.level
     logs.setup_logging(tmp_path, console=False)
+    managed = [h for h in root.handlers if getattr(h, "_waystation_handler", False)]
     try:
-        managed = [h for h in logging.getLogger().handlers if getattr(h, "_waystation_handler", False)]
         assert {type(h) for h in managed} == {logging.handlers.RotatingFileHandler}
     finally:
         for h in managed:
-            logging.getLogger().removeHandler(h)
+            root.removeHandler(h)
             h.close()
+        root.setLevel(root_level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

@@ -104,7 +104,8 @@ def run(
         if demo:
             fail("--demo runs with one process only.")
     settings.ensure_data_dir()
-    setup_logging(settings.data_dir, debug=settings.debug)
+    # With workers this process (uvicorn's manager) writes the same files as they do.
+    setup_logging(settings.data_dir, debug=settings.debug, shared=workers > 1)
     if not port_is_free(settings.http_host, settings.http_port):
         fail(
             f"HTTP port {settings.http_port} on {settings.http_host} is already in use. "

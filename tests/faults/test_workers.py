@@ -144,6 +144,7 @@ async def test_a_killed_worker_loses_nothing_and_its_jobs_move(two_workers: Clus
     assert await wait_for(adopted, timeout=15, interval=0.2, message="adoption") == [leader_name]
 
 
+@pytest.mark.slow(15)
 async def test_a_claim_answered_by_a_follower_reaches_the_link_on_the_leader(
     tmp_path: Path, database_url: str
 ) -> None:

@@ -88,3 +88,11 @@ async def test_last_event_id_replays_missed_events(station: StationHandle) -> No
 async def test_stream_requires_authentication(station: StationHandle) -> None:
     r = await station.client.get("/api/v1/events/stream")
     assert r.status_code == 401
+
+
+async def test_internal_event_types_are_not_for_clients(station: StationHandle) -> None:
+    headers = await station.owner_headers()
+    for types in ("_cloud.control", "device.*,_telemetry.readings"):
+        r = await station.client.get("/api/v1/events/stream", params={"types": types}, headers=headers)
+        assert r.status_code == 422 and r.json()["code"] == "VALIDATION_FAILED", r.text
+        assert "internal" in r.json()["detail"]

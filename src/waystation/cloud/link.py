@@ -50,6 +50,7 @@ STATUS_EVENT = "cloud.status_changed"
 # Internal and bridged to every worker (cluster/bridge.py): a claim or unclaim answered by a follower
 # reaches the link on the leader, and a follower asks the leader for its status.
 CONTROL_EVENT = "_cloud.control"
+FOLLOW_ASK_SECONDS = 3.0
 PLAIN_QUEUE = 1000  # plain cloud messages waiting to be applied, in order
 MAX_TOKEN_LENGTH = 512
 MAX_REASON_LENGTH = 200  # of a cloud-supplied reason, before it reaches last_error, SSE and the log
@@ -186,7 +187,18 @@ class CloudLink:
             self.next_retry_at = None
         if state != "connected":
             self.connected_since = None
-        self.bus.emit(STATUS_EVENT, self._own_status())
+        self._announce()
+
+    def _announce(self) -> None:
+        """`cloud.status_changed` for clients, and the same status for the other workers (internal)."""
+        status = self._own_status()
+        self.bus.emit(STATUS_EVENT, status)
+        self._report(status)
+
+    def _report(self, status: dict[str, Any] | None = None) -> None:
+        self.bus.emit(
+            CONTROL_EVENT, {"op": "report", "running": self.running, "status": status or self._own_status()}
+        )
 
     # --- control (REST routes, JSON-RPC methods) ---------------------------------------------------
 
@@ -207,16 +219,37 @@ class CloudLink:
         self.reconfigure(disconnect=disconnect, reason=reason)
         self.bus.emit(CONTROL_EVENT, {"op": "reconfigure", "disconnect": disconnect, "reason": reason})
 
+    def assume(self, **fields: Any) -> None:
+        """A route changed the configuration here: show it at once, also on a worker that answers with
+        the leader's status (the leader's own report follows when it has acted on it)."""
+        for name, value in fields.items():
+            setattr(self, name, value)
+        if self.leader_status is not None:
+            self.leader_status.update(
+                {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in fields.items()}
+            )
+
     async def follow_leader(self) -> None:
-        """On every worker of a cluster: keep the status the leader reports, so that `status()` is right
-        on a worker that does not run the link. Asks the leader for it first."""
-        sub = self.bus.subscribe(TypeFilter([STATUS_EVENT]), maxsize=100)
+        """On every worker of a cluster: keep the status the worker running the link reports, so that
+        `status()` is right where it does not run. Until a report came, ask for one every few seconds (a
+        first request can go out before the leader listens)."""
+        sub = self.bus.subscribe(TypeFilter([CONTROL_EVENT]), maxsize=100)
+        leader: str | None = None  # the worker whose reports are followed
         try:
-            self.bus.emit(CONTROL_EVENT, {"op": "status"})
             while True:
-                ev = await sub.get()
-                if not isinstance(ev, Gap) and ev.origin is not None:
-                    self.leader_status = dict(ev.data)
+                if self.leader_status is None and not self.running:
+                    self.bus.emit(CONTROL_EVENT, {"op": "status"})
+                try:
+                    ev = await asyncio.wait_for(sub.get(), FOLLOW_ASK_SECONDS)
+                except TimeoutError:
+                    continue
+                if isinstance(ev, Gap) or ev.origin is None or ev.data.get("op") != "report":
+                    continue
+                status = ev.data.get("status")
+                if ev.data.get("running") and isinstance(status, dict):
+                    leader, self.leader_status = ev.origin, dict(status)
+                elif ev.origin == leader:  # the link stopped there (leadership lost or shutdown)
+                    leader, self.leader_status = None, None
         finally:
             sub.close()
 
@@ -233,7 +266,7 @@ class CloudLink:
                     reason = str(ev.data.get("reason", ""))[:100]
                     self.reconfigure(disconnect=bool(ev.data.get("disconnect")), reason=reason)
                 elif ev.data.get("op") == "status":
-                    self.bus.emit(STATUS_EVENT, self._own_status())
+                    self._report()
         finally:
             sub.close()
 
@@ -249,7 +282,7 @@ class CloudLink:
                 station_id=self.station_id,
             )
         self.active = frozenset(channels)
-        self.bus.emit(STATUS_EVENT, self._own_status())
+        self._announce()
 
     async def call(self, method: str, params: Any = None, within: float | None = None) -> Any:
         """A JSON-RPC request to the cloud; `RpcError` if it fails, times out or the link is down."""
@@ -261,7 +294,8 @@ class CloudLink:
     # --- the service -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.running = True
+        self.running, self.leader_status = True, None
+        self._report()  # the other workers follow this one from now on
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._obey_followers())
@@ -270,7 +304,7 @@ class CloudLink:
                 tasks.create_task(self._connect_loop())
         finally:
             self.running = False
-            self._set_state("disabled")
+            self._set_state("disabled", force=True)  # also tells the other workers the link stopped here
 
     async def _read_config(self) -> cloud_service.LinkConfig | None:
         async with self.db.session() as session:
@@ -284,13 +318,16 @@ class CloudLink:
         return config
 
     async def _connect_loop(self) -> None:
+        first = True  # announce what the configuration says once, even if the state stays "disabled"
         while True:
             self._wake.clear()
             config = await self._read_config()
             if config is None or not config.enabled or not self.url:
-                self._set_state("disabled", force=self.state != "disabled")
+                self._set_state("disabled", force=first or self.state != "disabled")
+                first = False
                 await self._wake.wait()
                 continue
+            first = False
             try:
                 await self._session(self.url, config)
             except (OSError, TimeoutError, WebSocketException, LinkRefused, ValueError) as exc:

@@ -67,8 +67,7 @@ async def claim(
             ip=client_ip(request),
         )
         after_commit(session, lambda: link.request_reconfigure(disconnect=moved, reason="cloud URL changed"))
-    if moved:
-        link.claimed, link.claimed_at = False, None
+    link.assume(enabled=True, **({"claimed": False, "claimed_at": None} if moved else {}))
     return await _status(ctx, principal)
 
 
@@ -92,5 +91,5 @@ async def unclaim(
             ip=client_ip(request),
         )
         after_commit(session, lambda: link.request_reconfigure(disconnect=True))
-    link.claimed, link.claimed_at, link.enabled = False, None, False
+    link.assume(claimed=False, claimed_at=None, enabled=False)
     return await _status(ctx, principal)

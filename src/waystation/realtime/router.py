@@ -16,8 +16,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from waystation.auth.deps import StreamAuth, bearer_token, get_ctx, require
 from waystation.auth.roles import Principal
-from waystation.bus import Event, Gap, TypeFilter
+from waystation.bus import INTERNAL_PREFIX, Event, Gap, TypeFilter
 from waystation.context import AppContext
+from waystation.errors import Unprocessable
 
 router = APIRouter(tags=["realtime"])
 
@@ -44,6 +45,9 @@ async def event_stream(
     ctx: AppContext = Depends(get_ctx),
 ) -> EventSourceResponse:
     type_filter = TypeFilter.parse(types)
+    if internal := [p for p in type_filter.patterns if p.startswith(INTERNAL_PREFIX)]:
+        # Internal events (between the station's own parts and workers) are not for clients.
+        raise Unprocessable(f"Unknown event type {internal[0]!r}: names starting with '_' are internal.")
     auth = StreamAuth(ctx, bearer_token(request) or "", principal)
 
     def allowed(ev: Event) -> bool:
