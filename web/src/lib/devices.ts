@@ -1,6 +1,6 @@
 // The devices list's filtering and live merging, kept out of the component so it can be tested.
 
-import type { Command, Device, DeviceStatus } from "../api/types";
+import type { Device, DeviceStatus } from "../api/types";
 
 export interface DeviceFilter {
   text: string;
@@ -50,19 +50,4 @@ export function applyDeviceEvent(devices: Device[], type: string, data: Record<s
     default:
       return false; // created/updated: fetch the new shape
   }
-}
-
-// How far a command has got (applied and failed are both final).
-const COMMAND_PROGRESS = ["queued", "sent", "timeout", "accepted", "applied", "failed"];
-export const commandProgress = (status: string): number => Math.min(COMMAND_PROGRESS.indexOf(status), 4);
-
-export type LiveCommandStatus = Pick<Command, "status" | "error">;
-
-/** A command list fetched while live status events kept coming: it may predate some of them, so a live
- * status replaces a fetched one only when it is further along (never the other way round). */
-export function keepLiveCommandStatus(fetched: Command[], live: Map<string, LiveCommandStatus>): Command[] {
-  return fetched.map((c) => {
-    const seen = live.get(c.request_id);
-    return seen && commandProgress(seen.status) > commandProgress(c.status) ? { ...c, ...seen } : c;
-  });
 }

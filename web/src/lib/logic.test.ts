@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
-import type { Command, Device } from "../api/types";
+import type { Device } from "../api/types";
 import { buildParams, fieldsFromSchema, initialValues } from "./commandForm";
-import { applyDeviceEvent, filterDevices, keepLiveCommandStatus } from "./devices";
+import { applyDeviceEvent, filterDevices } from "./devices";
 import { checkFlow } from "./flowForm";
 import { timeAgo, tone } from "./format";
 import { roleAtLeast } from "./roles";
@@ -87,25 +87,5 @@ describe("small helpers", () => {
     expect(timeAgo("2026-01-01T00:00:00Z", Date.parse("2026-01-01T00:02:00Z"))).toBe("2m ago");
     expect(tone("applied")).toBe("ok");
     expect(tone("timeout")).toBe("bad");
-  });
-});
-
-describe("keepLiveCommandStatus", () => {
-  const cmd = (request_id: string, status: string): Command => ({
-    request_id, device_id: "d", action: "set", params: {}, status, error: null, created_at: "2026-01-01T00:00:00Z",
-  });
-  it("keeps a live status the fetched list had not caught up with, and never goes back", () => {
-    const live = new Map([
-      ["a", { status: "applied", error: null }],
-      ["b", { status: "sent", error: null }],
-      ["c", { status: "failed", error: "jammed" }],
-    ]);
-    const out = keepLiveCommandStatus([cmd("a", "accepted"), cmd("b", "accepted"), cmd("c", "timeout"), cmd("d", "queued")], live);
-    expect(out.map((c) => [c.request_id, c.status, c.error])).toEqual([
-      ["a", "applied", null],
-      ["b", "accepted", null],
-      ["c", "failed", "jammed"],
-      ["d", "queued", null],
-    ]);
   });
 });

@@ -31,9 +31,9 @@ describe("useLoad", () => {
     const first = load.reload();
     const second = load.reload();
     pending[1]!("new");
-    await second;
+    expect(await second).toBe(true);
     pending[0]!("old");
-    await first;
+    expect(await first).toBe(false); // superseded: callers must not read `data` as its answer
     expect(load.data.value).toBe("new");
     expect(load.loading.value).toBe(false);
   });

@@ -35,13 +35,15 @@ export function usePolling(fn: () => unknown, ms: number): void {
  *
  * Views also change the loaded value in place from live events. A response can be older than such an
  * event (the GET was answered before the event, which overtook it), so a view calls `changed()` for every
- * live event it applies, and a reload that saw one while on its way asks again instead of putting the
- * older snapshot back. Only the newest of overlapping reloads sets the value. */
+ * live event it applies in place, and a reload that saw one while on its way asks again instead of
+ * putting the older snapshot back (up to MAX_LOAD_ATTEMPTS times; then it applies what it got, which may
+ * miss an event of that last moment until the next one or the next reload). Only the newest of
+ * overlapping reloads sets the value: `reload()` resolves to false when a newer one took over. */
 export function useLoad<T>(fn: () => Promise<T>): {
   data: Ref<T | null>;
   error: Ref<string | null>;
   loading: Ref<boolean>;
-  reload: () => Promise<void>;
+  reload: () => Promise<boolean>;
   changed: () => void;
 } {
   const data = ref<T | null>(null) as Ref<T | null>;
@@ -49,23 +51,22 @@ export function useLoad<T>(fn: () => Promise<T>): {
   const loading = ref(false);
   let latest = 0; // the newest reload; older ones drop their response
   let liveChanges = 0;
-  async function reload(): Promise<void> {
+  async function reload(): Promise<boolean> {
     const mine = ++latest;
     loading.value = true;
     try {
       for (let attempt = 1; ; attempt++) {
         const before = liveChanges;
         const value = await fn();
-        if (mine !== latest) return;
-        // Bounded: under a steady stream of events the value applied is at most one event behind, and
-        // that event was applied in place already.
+        if (mine !== latest) return false;
         if (before !== liveChanges && attempt < MAX_LOAD_ATTEMPTS) continue;
         data.value = value;
         error.value = null;
-        return;
+        return true;
       }
     } catch (err) {
       if (mine === latest) error.value = errorMessage(err);
+      return false;
     } finally {
       if (mine === latest) loading.value = false;
     }
