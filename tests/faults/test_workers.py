@@ -5,6 +5,7 @@ mid-stream loses nothing while its singleton jobs and its MQTT session move to t
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -210,6 +211,12 @@ async def test_a_claim_answered_by_a_follower_reaches_the_link_on_the_leader(
                 )
                 assert station is not None
                 await wait_for(lambda: not station.connected, timeout=20, message="the leader's link closed")
+            # Both stop promptly on SIGTERM (a follower once spun on its own status requests and
+            # swallowed the cancellation).
+            for worker in (follower, leader):
+                started = time.monotonic()
+                worker.stop()
+                assert time.monotonic() - started < 10, f"{worker.name} took too long to stop"
         finally:
             cluster.stop()
             broker.stop()

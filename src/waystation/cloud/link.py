@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import signal
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -235,12 +236,17 @@ class CloudLink:
         first request can go out before the leader listens)."""
         sub = self.bus.subscribe(TypeFilter([CONTROL_EVENT]), maxsize=100)
         leader: str | None = None  # the worker whose reports are followed
+        asked = -FOLLOW_ASK_SECONDS
         try:
             while True:
-                if self.leader_status is None and not self.running:
+                now = time.monotonic()
+                if self.leader_status is None and not self.running and now - asked >= FOLLOW_ASK_SECONDS:
+                    asked = now  # our own request comes back here too: ask again only after a while
                     self.bus.emit(CONTROL_EVENT, {"op": "status"})
                 try:
-                    ev = await asyncio.wait_for(sub.get(), FOLLOW_ASK_SECONDS)
+                    # Not wait_for: on Python 3.11 it swallows a cancellation that meets a ready result.
+                    async with asyncio.timeout(FOLLOW_ASK_SECONDS):
+                        ev = await sub.get()
                 except TimeoutError:
                     continue
                 if isinstance(ev, Gap) or ev.origin is None or ev.data.get("op") != "report":
