@@ -300,8 +300,7 @@ class CloudLink:
     # --- the service -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.running, self.leader_status = True, None
-        self._report()  # the other workers follow this one from now on
+        self.running, self.leader_status = True, None  # the first announce makes the others follow here
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._obey_followers())
@@ -324,16 +323,14 @@ class CloudLink:
         return config
 
     async def _connect_loop(self) -> None:
-        first = True  # announce what the configuration says once, even if the state stays "disabled"
         while True:
             self._wake.clear()
             config = await self._read_config()
             if config is None or not config.enabled or not self.url:
-                self._set_state("disabled", force=first or self.state != "disabled")
-                first = False
+                # Announced even when it stays "disabled": the configuration just read may differ.
+                self._set_state("disabled", force=True)
                 await self._wake.wait()
                 continue
-            first = False
             try:
                 await self._session(self.url, config)
             except (OSError, TimeoutError, WebSocketException, LinkRefused, ValueError) as exc:
